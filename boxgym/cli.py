@@ -1,0 +1,57 @@
+"""The `boxgym` command.
+
+Each verb lives in the module that owns its domain; this file only lists them. A verb module
+defines `add_arguments(parser)` and `run(args) -> int`, and must stay light at import time
+(torch, transformers and TRL are imported inside `run`), so `boxgym --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# verb -> (module, one-line help)
+VERBS: dict[str, tuple[str, str]] = {
+    "scenes": ("boxgym.data.preview", "Preview procedural scenes with their ground truth drawn."),
+    "episodes": ("boxgym.rollouts.commands", "Run scripted-policy episodes and write an inspection page."),
+    "rollout": ("boxgym.rollouts.commands", "Run a policy over N tasks x G samples; store episodes and metrics."),
+    "eval": ("boxgym.rollouts.suites", "Run a fixed, seeded evaluation suite through a policy."),
+    "view": ("boxgym.rollouts.commands", "(Re)write index.html and summary.json for a run directory."),
+    "tiny-model": ("boxgym.testing.tiny_model", "Build the tiny offline Qwen2-VL checkpoint."),
+    "playground": ("boxgym.policies.playground", "Run one free-form prompt through a model; log it."),
+    "data": ("boxgym.data.gallery", "Browse dataset tasks: gallery, inspect, bookmarks."),
+    "train": ("boxgym.train.commands", "Train LoRA adapters: `train sft` and `train grpo`."),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="boxgym",
+        description="boxgym: tools, environments, rollouts and training for multi-object counting with VLMs.",
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for verb, (module_name, help_text) in VERBS.items():
+        verb_parser = sub.add_parser(verb, help=help_text, description=help_text)
+        module = importlib.import_module(module_name)
+        module.add_arguments(verb_parser, verb)
+        verb_parser.set_defaults(_module=module_name)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.verb:
+        parser.print_help()
+        return 0
+    module = importlib.import_module(args._module)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
