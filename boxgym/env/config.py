@@ -1,0 +1,147 @@
+"""`EnvConfig`: every limit and option of the environment, in one validated dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from boxgym.env.rewards import RewardConfig
+from boxgym.tools.canvas import PATCH
+from boxgym.tools.frames import FRAMES
+from boxgym.tools.toolbox import (
+    DEFAULT_CROP_MAX_PIXELS,
+    DEFAULT_CROP_MIN_SIDE,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MIN_IMAGE_PIXELS,
+    DRAW_BOX_RETURNS,
+)
+
+
+@dataclass
+class EnvConfig:
+    """Limits and options of a `BoxGymEnv` (all explicit; `from_dict` reads YAML mappings)."""
+
+    max_turns: int = field(default=12, metadata={"help": "assistant turns before truncation"})
+    max_calls_per_turn: int = field(
+        default=10, metadata={"help": "calls run per turn; the rest are refused"}
+    )
+    max_calls: int = field(default=100, metadata={"help": "calls per episode before truncation"})
+    max_boxes: int = field(default=100, metadata={"help": "live boxes at once"})
+    max_action_chars: int = field(
+        default=8000, metadata={"help": "characters of a reply that are parsed"}
+    )
+    coordinate_frame: str = field(default="qwen", metadata={"help": f"one of {FRAMES}"})
+    draw_box_returns: str = field(default="image", metadata={"help": f"one of {DRAW_BOX_RETURNS}"})
+    crop_shows_boxes: bool = field(default=True, metadata={"help": "draw live boxes on crops"})
+    max_image_pixels: int = field(
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        metadata={"help": "area cap of every image shown (patch grid)"},
+    )
+    min_image_pixels: int = field(
+        default=DEFAULT_MIN_IMAGE_PIXELS, metadata={"help": "area floor of every image"}
+    )
+    crop_min_side: int = field(
+        default=DEFAULT_CROP_MIN_SIDE, metadata={"help": "crops are upscaled to this short side"}
+    )
+    crop_max_pixels: int = field(
+        default=DEFAULT_CROP_MAX_PIXELS, metadata={"help": "area cap of a crop"}
+    )
+    system_prompt: bool = field(
+        default=True, metadata={"help": "start with a system message of instructions"}
+    )
+    reward: RewardConfig = field(
+        default_factory=RewardConfig, metadata={"help": "reward weights and switches"}
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.reward, dict):
+            self.reward = RewardConfig.from_dict(self.reward)
+        if not isinstance(self.reward, RewardConfig):
+            raise ValueError(
+                f"EnvConfig.reward must be a RewardConfig or a mapping, got {type(self.reward).__name__}"
+            )
+        for name in (
+            "max_turns",
+            "max_calls_per_turn",
+            "max_calls",
+            "max_boxes",
+            "max_action_chars",
+            "max_image_pixels",
+            "min_image_pixels",
+            "crop_min_side",
+            "crop_max_pixels",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"EnvConfig.{name} must be a positive integer, got {value!r}")
+        if self.coordinate_frame not in FRAMES:
+            raise ValueError(
+                f"EnvConfig.coordinate_frame must be one of {FRAMES}, got {self.coordinate_frame!r}"
+            )
+        if self.draw_box_returns not in DRAW_BOX_RETURNS:
+            raise ValueError(
+                f"EnvConfig.draw_box_returns must be one of {DRAW_BOX_RETURNS}, got {self.draw_box_returns!r}"
+            )
+        if self.min_image_pixels < PATCH * PATCH:
+            raise ValueError(
+                f"EnvConfig.min_image_pixels must be at least {PATCH * PATCH} (one 28x28 patch)"
+            )
+        if self.max_image_pixels < self.min_image_pixels:
+            raise ValueError(
+                f"EnvConfig.max_image_pixels ({self.max_image_pixels}) is below min_image_pixels "
+                f"({self.min_image_pixels}); raise it"
+            )
+        if self.crop_max_pixels < 4 * PATCH * PATCH:
+            raise ValueError(
+                f"EnvConfig.crop_max_pixels must be at least {4 * PATCH * PATCH} (4 patches)"
+            )
+        if not self.min_image_pixels <= self.crop_max_pixels <= self.max_image_pixels:
+            raise ValueError(
+                f"EnvConfig.crop_max_pixels ({self.crop_max_pixels}) must lie within [min_image_pixels, "
+                f"max_image_pixels] ([{self.min_image_pixels}, {self.max_image_pixels}]) so that every image "
+                "shown, crops included, is left unchanged by the processor's resize"
+            )
+        if self.max_calls_per_turn > self.max_calls:
+            raise ValueError(
+                f"EnvConfig.max_calls_per_turn ({self.max_calls_per_turn}) exceeds max_calls ({self.max_calls})"
+            )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> EnvConfig:
+        """Build from a mapping (e.g. parsed YAML); unknown keys are an error naming the known ones."""
+        data = dict(data or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown EnvConfig field(s) {unknown}; known: {sorted(known)}")
+        if "reward" in data and not isinstance(data["reward"], RewardConfig):
+            data["reward"] = RewardConfig.from_dict(data["reward"])
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["reward"] = self.reward.to_dict()
+        return out
+
+    def replace(self, **overrides: Any) -> EnvConfig:
+        """A copy with `overrides` applied (validated like the constructor)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        known = set(data)
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"unknown EnvConfig field(s) {unknown}; known: {sorted(known)}")
+        data.update(overrides)
+        return EnvConfig.from_dict(data)
+
+    def toolbox_kwargs(self) -> dict[str, Any]:
+        """The `Toolbox` constructor arguments this config implies."""
+        return {
+            "coordinate_frame": self.coordinate_frame,
+            "draw_box_returns": self.draw_box_returns,
+            "crop_shows_boxes": self.crop_shows_boxes,
+            "max_boxes": self.max_boxes,
+            "max_image_pixels": self.max_image_pixels,
+            "min_image_pixels": self.min_image_pixels,
+            "crop_min_side": self.crop_min_side,
+            "crop_max_pixels": self.crop_max_pixels,
+        }

@@ -1,0 +1,198 @@
+"""Rendering: the patch grid, resizing, numbered labelled boxes, and upscaled crops.
+
+Every image the environment hands to the model has sides that are multiples of 28 (one Qwen2-VL
+image token per 28x28 pixels) and an area within the configured pixel bounds, so Qwen2-VL's own
+`smart_resize` leaves it unchanged and every backend sees the same tokens. Resizing is the costly
+part (see research.md), so an episode resizes its image once and draws in that space.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import cv2
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+PATCH = 28  # pixels per Qwen2-VL image token along each side (14-px patches, 2x2 merge)
+
+# Distinct, saturated colours (RGB), cycled by box id; chosen to stay apart on light and dark
+# backgrounds. Labels are written in black or white, whichever contrasts more.
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (230, 25, 75),
+    (60, 180, 75),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+    (220, 190, 255),
+    (170, 110, 40),
+    (255, 225, 25),
+    (128, 0, 0),
+    (170, 255, 195),
+    (128, 128, 0),
+    (255, 215, 180),
+    (0, 0, 128),
+)
+
+
+def fit_to_patch_grid(
+    width: float, height: float, min_pixels: int, max_pixels: int, factor: int = PATCH
+) -> tuple[int, int]:
+    """The size Qwen2-VL's `smart_resize` gives an image: sides multiples of `factor`, area bounded.
+
+    Same arithmetic as `transformers...image_processing_qwen2_vl.smart_resize` (which takes and
+    returns (height, width)); this one takes and returns (width, height).
+
+    Raises:
+        ValueError: when a side is not positive or the aspect ratio exceeds 200.
+    """
+    if not (width > 0 and height > 0):
+        raise ValueError(f"image sides must be positive, got {width}x{height}")
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(
+            f"absolute aspect ratio must be smaller than 200, got {max(height, width) / min(height, width)}"
+        )
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return int(w_bar), int(h_bar)
+
+
+def to_rgb_array(image: Image.Image) -> np.ndarray:
+    """An RGB uint8 array (H, W, 3) of a PIL image, converting the mode when needed."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.asarray(image)
+
+
+def resize_array(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize an (H, W, 3) array to `size` (width, height): area averaging down, bilinear up."""
+    height, width = array.shape[:2]
+    if (width, height) == tuple(size):
+        return array
+    shrinking = size[0] * size[1] < width * height
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return cv2.resize(array, size, interpolation=interpolation)
+
+
+@lru_cache(maxsize=32)
+def label_font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """The label font at `size` px, loaded once per size (fonts do not pickle: never store one)."""
+    return ImageFont.load_default(size=size)
+
+
+def font_size_for(image_size: tuple[int, int]) -> int:
+    """A label font size readable on an image of `image_size`: about 1/45 of the short side."""
+    return int(min(28, max(11, min(image_size) / 45)))
+
+
+def box_colour(box_id: int) -> tuple[int, int, int]:
+    """The colour of box `box_id` (ids start at 1)."""
+    return PALETTE[(box_id - 1) % len(PALETTE)]
+
+
+def _text_colour(fill: tuple[int, int, int]) -> tuple[int, int, int]:
+    r, g, b = fill
+    return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 150 else (255, 255, 255)
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A box to draw: its id, label and corners in the pixels of the image being drawn on."""
+
+    box_id: int
+    label: str
+    box: tuple[float, float, float, float]
+
+
+def draw_marks(image: Image.Image, marks: Sequence[Mark], max_label_chars: int = 24) -> None:
+    """Draw numbered, labelled boxes onto `image` in place.
+
+    Each box gets an outline in its colour (with a dark rim outside and a light rim inside, so it
+    shows on any background) and a tag "id: label" on a filled background, above the box when
+    there is room, else inside its top edge. A box narrower than its tag gets its id only, so
+    dense scenes stay visible. Boxes partly outside are clipped.
+    """
+    if not marks:
+        return
+    draw = ImageDraw.Draw(image)
+    width, height = image.size
+    font = label_font(font_size_for(image.size))
+    line = max(2, round(min(width, height) / 300))
+    for mark in marks:
+        colour = box_colour(mark.box_id)
+        x1, y1, x2, y2 = (round(v) for v in mark.box)
+        x2, y2 = max(x2, x1 + 1), max(y2, y1 + 1)
+        if x2 < 0 or y2 < 0 or x1 >= width or y1 >= height:
+            continue
+        # A dark rim outside and a white rim inside keep the box visible on any colour.
+        draw.rectangle((x1 - line, y1 - line, x2 + line, y2 + line), outline=(0, 0, 0), width=1)
+        draw.rectangle((x1, y1, x2, y2), outline=colour, width=line)
+        if x2 - x1 > 2 * line + 2 and y2 - y1 > 2 * line + 2:
+            draw.rectangle(
+                (x1 + line, y1 + line, x2 - line, y2 - line), outline=(255, 255, 255), width=1
+            )
+        text = f"{mark.box_id}: {mark.label}" if mark.label else str(mark.box_id)
+        if len(text) > max_label_chars:
+            text = text[: max_label_chars - 1] + "…"
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        if right - left > (x2 - x1) + font.size:  # a small box: its number only, to hide less
+            text = str(mark.box_id)
+            left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        tw, th = right - left + 4, bottom - top + 4
+        tx = min(max(0, x1), max(0, width - tw))
+        ty = y1 - th if y1 - th >= 0 else max(0, y1)
+        draw.rectangle((tx, ty, tx + tw, ty + th), fill=colour)
+        draw.text((tx + 2 - left, ty + 2 - top), text, fill=_text_colour(colour), font=font)
+
+
+def crop_size(
+    region_width: float,
+    region_height: float,
+    min_side: int,
+    max_pixels: int,
+    min_pixels: int = 4 * PATCH * PATCH,
+) -> tuple[int, int]:
+    """The output size of a crop: upscaled so its short side reaches `min_side`, on the patch grid.
+
+    The area stays within [max(`min_pixels`, 4 patches), `max_pixels`] and the sides are
+    multiples of 28, so `smart_resize` with bounds enclosing these leaves the crop unchanged.
+    """
+    scale = max(1.0, min_side / max(1e-9, min(region_width, region_height)))
+    return fit_to_patch_grid(
+        region_width * scale,
+        region_height * scale,
+        min_pixels=max(min_pixels, 4 * PATCH * PATCH),
+        max_pixels=max_pixels,
+    )
+
+
+def crop_array(
+    array: np.ndarray, region: tuple[float, float, float, float], size: tuple[int, int]
+) -> np.ndarray:
+    """Cut `region` (pixels of `array`, clipped to it) out of `array` and resize it to `size`."""
+    height, width = array.shape[:2]
+    x1 = min(max(0, math.floor(region[0])), width - 1)
+    y1 = min(max(0, math.floor(region[1])), height - 1)
+    x2 = max(x1 + 1, min(width, math.ceil(region[2])))
+    y2 = max(y1 + 1, min(height, math.ceil(region[3])))
+    patch = array[y1:y2, x1:x2]
+    interpolation = (
+        cv2.INTER_AREA if size[0] * size[1] < patch.shape[0] * patch.shape[1] else cv2.INTER_LINEAR
+    )
+    return cv2.resize(np.ascontiguousarray(patch), size, interpolation=interpolation)

@@ -1,0 +1,529 @@
+"""The `Toolbox`: the tools the model calls, and the per-episode state they act on.
+
+The public methods of `Toolbox` ARE the tools (`draw_box`, `crop`, `label`, `remove_box`,
+`answer`): their type hints and Google docstrings are what the JSON schemas shown to the model
+are derived from (`boxgym.tools.schema`), and TRL's `environment_factory` treats every public
+method as a tool. So the class has no other public methods, and no attribute shadows a tool;
+state is private, read through properties and underscore methods.
+
+Every tool returns a list of content blocks, `[{"type": "image", "image": PIL}?, {"type":
+"text", "text": ...}]`. Invalid arguments return one text block starting "Error: " that says
+what was wrong and how to fix it; no tool raises.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from boxgym.tools.arguments import ToolArgumentError, as_answer, as_integer, as_label, as_number
+from boxgym.tools.canvas import (
+    PATCH,
+    Mark,
+    crop_array,
+    crop_size,
+    draw_marks,
+    fit_to_patch_grid,
+    resize_array,
+    to_rgb_array,
+)
+from boxgym.tools.frames import check_frame, frame_extent, frame_to_pixels, pixels_to_frame
+
+TOOL_NAMES: tuple[str, ...] = ("draw_box", "crop", "label", "remove_box", "answer")
+DRAW_BOX_RETURNS: tuple[str, ...] = ("image", "crop", "both", "text")
+
+DEFAULT_MAX_IMAGE_PIXELS = 1024 * PATCH * PATCH  # 1024 image tokens (a 1024x1024 image -> 896x896)
+DEFAULT_MIN_IMAGE_PIXELS = 4 * PATCH * PATCH
+DEFAULT_CROP_MIN_SIDE = 224  # a crop's short side is upscaled to at least 8 patches
+DEFAULT_CROP_MAX_PIXELS = 256 * PATCH * PATCH  # at most 256 image tokens per crop
+CROP_MARGIN = 0.15  # context around a box in draw_box's crop, as a fraction of its sides
+
+Blocks = list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class DrawnBox:
+    """A box the model drew. `pixels` are in the ORIGINAL image, clipped to it."""
+
+    box_id: int
+    label: str
+    image: int
+    pixels: tuple[float, float, float, float]
+
+    def to_json(self, frame: str, image_size: tuple[int, int]) -> dict[str, Any]:
+        return {
+            "id": self.box_id,
+            "label": self.label,
+            "image": self.image,
+            "box": list(pixels_to_frame(self.pixels, frame, image_size)),
+            "pixels": [round(v, 2) for v in self.pixels],
+        }
+
+
+def _text(message: str) -> Blocks:
+    return [{"type": "text", "text": message}]
+
+
+def _image(image: Image.Image) -> dict[str, Any]:
+    return {"type": "image", "image": image}
+
+
+class Toolbox:
+    """Image tools over one episode's images: draw numbered boxes, crop, relabel, remove, answer.
+
+    Args:
+        images: the task's original images (1 or 2); `None` starts empty (load with `_start`).
+        kind: the task kind ("enumerate", "count", "verify", "point"), which decides what
+            `answer` requires; None accepts any answer field.
+        coordinate_frame: "qwen" (integers 0-1000), "pixels" or "unit" (0-1).
+        draw_box_returns: what `draw_box` shows: "image" (the marked-up working image), "crop"
+            (the box's region, upscaled), "both", or "text".
+        crop_shows_boxes: whether crops show the boxes drawn so far.
+        max_boxes: the most boxes alive at once.
+        max_image_pixels / min_image_pixels: area bounds of the working images (patch grid).
+        crop_min_side / crop_max_pixels: upscaling target and area cap of crops.
+    """
+
+    def __init__(
+        self,
+        images: list[Image.Image] | None = None,
+        *,
+        kind: str | None = None,
+        coordinate_frame: str = "qwen",
+        draw_box_returns: str = "image",
+        crop_shows_boxes: bool = True,
+        max_boxes: int = 100,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        min_image_pixels: int = DEFAULT_MIN_IMAGE_PIXELS,
+        crop_min_side: int = DEFAULT_CROP_MIN_SIDE,
+        crop_max_pixels: int = DEFAULT_CROP_MAX_PIXELS,
+    ) -> None:
+        if draw_box_returns not in DRAW_BOX_RETURNS:
+            raise ValueError(
+                f"draw_box_returns must be one of {DRAW_BOX_RETURNS}, got {draw_box_returns!r}"
+            )
+        self._frame = check_frame(coordinate_frame)  # how the model writes coordinates
+        self._draw_box_returns = draw_box_returns  # what draw_box shows
+        self._crop_shows_boxes = bool(crop_shows_boxes)
+        self._max_boxes = int(max_boxes)
+        self._max_image_pixels = int(max_image_pixels)
+        self._min_image_pixels = int(min_image_pixels)
+        self._crop_min_side = int(crop_min_side)
+        self._crop_max_pixels = int(crop_max_pixels)
+        self._kind = kind
+        self._originals: list[np.ndarray] = []  # (H, W, 3) uint8 of each original image
+        self._sizes: list[tuple[int, int]] = []  # original (width, height)
+        self._views: list[Image.Image] = []  # clean working images, on the patch grid
+        self._marked: list[Image.Image] = []  # working images with the live boxes drawn
+        self._boxes: dict[int, DrawnBox] = {}  # live boxes by id, in drawing order
+        self._next_id = 1
+        self._answer: dict[str, Any] | None = None
+        self._tool_images = 0  # images handed back by draw_box/crop (for the tool bonus)
+        if images is not None:
+            self._start(images, kind=kind)
+
+    # ----------------------------------------------------------------- state (not tools)
+
+    def _start(self, images: list[Image.Image], kind: str | None = None) -> None:
+        """Load an episode's images and clear all boxes and the answer."""
+        if not 1 <= len(images) <= 2:
+            raise ValueError(f"a Toolbox takes 1 or 2 images, got {len(images)}")
+        self._kind = kind
+        self._originals = [to_rgb_array(im) for im in images]
+        self._sizes = [(a.shape[1], a.shape[0]) for a in self._originals]
+        self._views = []
+        for array, (w, h) in zip(self._originals, self._sizes):
+            size = fit_to_patch_grid(w, h, self._min_image_pixels, self._max_image_pixels)
+            self._views.append(Image.fromarray(resize_array(array, size)))
+        self._marked = [view.copy() for view in self._views]
+        self._boxes = {}
+        self._next_id = 1
+        self._answer = None
+        self._tool_images = 0
+
+    @property
+    def boxes(self) -> list[DrawnBox]:
+        """The live boxes, in drawing order."""
+        return list(self._boxes.values())
+
+    @property
+    def final_answer(self) -> dict[str, Any] | None:
+        """The answer given, in `Task.answer` form (points in pixels of image 0), or None."""
+        return None if self._answer is None else copy.deepcopy(self._answer)
+
+    @property
+    def answered(self) -> bool:
+        return self._answer is not None
+
+    @property
+    def view_images(self) -> list[Image.Image]:
+        """The clean working images shown to the model (sides multiples of 28)."""
+        return list(self._views)
+
+    @property
+    def image_sizes(self) -> list[tuple[int, int]]:
+        """(width, height) of each original image."""
+        return list(self._sizes)
+
+    @property
+    def coordinate_frame(self) -> str:
+        return self._frame
+
+    @property
+    def tool_images_returned(self) -> int:
+        return self._tool_images
+
+    def _marked_image(self, index: int = 0) -> Image.Image:
+        """A copy of working image `index` with the live boxes drawn."""
+        return self._marked[index].copy()
+
+    def _boxes_json(self) -> list[dict[str, Any]]:
+        return [b.to_json(self._frame, self._sizes[b.image]) for b in self._boxes.values()]
+
+    def _call(self, name: str, arguments: Any) -> tuple[Blocks, bool]:
+        """Run tool `name` with a dict of `arguments`, checking names first; (blocks, ok)."""
+        if name not in TOOL_NAMES:
+            return _text(
+                f"Error: unknown tool {name!r}; the tools are {', '.join(TOOL_NAMES)}."
+            ), False
+        if not isinstance(arguments, dict):
+            return _text(
+                f"Error: {name} arguments must be a JSON object, got {type(arguments).__name__}."
+            ), False
+        params = _PARAMS[name]
+        extra = [k for k in arguments if k not in params]
+        if extra:
+            return _text(
+                f"Error: {name} got unknown argument(s) {', '.join(map(str, extra))}; "
+                f"it takes {', '.join(params)}."
+            ), False
+        missing = [k for k in _REQUIRED[name] if k not in arguments]
+        if missing:
+            return _text(
+                f"Error: {name} is missing required argument(s) {', '.join(missing)}."
+            ), False
+        blocks = getattr(self, name)(**arguments)
+        ok = not (blocks and blocks[-1].get("text", "").startswith("Error:"))
+        return blocks, ok
+
+    def _run(self, name: str, body: Any, *args: Any) -> Blocks:
+        if not self._originals:
+            return _text("Error: no image is loaded yet.")
+        if self._answer is not None:
+            return _text("Error: the answer was already given; the episode is over.")
+        try:
+            return body(*args)
+        except ToolArgumentError as error:
+            return _text(f"Error: {error}")
+        except Exception as error:  # a tool must never raise into the env or the trainer
+            return _text(
+                f"Error: {name} failed on these arguments ({type(error).__name__}: {error})."
+            )
+
+    def _image_index(self, image: Any) -> int:
+        index = as_integer("image", image)
+        if not 0 <= index < len(self._originals):
+            choices = "0" if len(self._originals) == 1 else "0 or 1"
+            raise ToolArgumentError(f"image must be {choices}, got {index}")
+        return index
+
+    def _region(self, x1: Any, y1: Any, x2: Any, y2: Any, index: int) -> tuple[float, ...]:
+        """Validate a box in the model's frame and return it in original pixels (clipped)."""
+        coords = [as_number(n, v) for n, v in zip(("x1", "y1", "x2", "y2"), (x1, y1, x2, y2))]
+        size = self._sizes[index]
+        ex, ey = frame_extent(self._frame, size)
+        frame_hint = {
+            "qwen": "coordinates are 0-1000 relative to the image's width and height",
+            "unit": "coordinates are 0-1 relative to the image's width and height",
+            "pixels": f"coordinates are pixels of the {size[0]}x{size[1]} image",
+        }[self._frame]
+        for name, value, extent in zip(("x1", "y1", "x2", "y2"), coords, (ex, ey, ex, ey)):
+            if not 0 <= value <= extent:
+                raise ToolArgumentError(
+                    f"{name}={value:g} is outside the image ({frame_hint}, max {extent:g})"
+                )
+        if coords[2] <= coords[0] or coords[3] <= coords[1]:
+            raise ToolArgumentError(
+                f"the box ({', '.join(f'{c:g}' for c in coords)}) is inverted or empty: "
+                "x1 < x2 and y1 < y2 are needed (top-left corner first)"
+            )
+        pixels = frame_to_pixels(coords, self._frame, size)
+        pixels = (
+            max(0.0, pixels[0]),
+            max(0.0, pixels[1]),
+            min(float(size[0]), pixels[2]),
+            min(float(size[1]), pixels[3]),
+        )
+        if pixels[2] - pixels[0] < 1 or pixels[3] - pixels[1] < 1:
+            raise ToolArgumentError("the box is smaller than one pixel; make it cover the object")
+        if max(pixels[2] - pixels[0], pixels[3] - pixels[1]) > 150 * min(
+            pixels[2] - pixels[0], pixels[3] - pixels[1]
+        ):
+            raise ToolArgumentError(
+                "the box is too thin (sides more than 150:1); make it cover the object"
+            )
+        return pixels
+
+    def _working_marks(self, index: int) -> list[Mark]:
+        w, h = self._sizes[index]
+        vw, vh = self._views[index].size
+        sx, sy = vw / w, vh / h
+        return [
+            Mark(
+                b.box_id,
+                b.label,
+                (b.pixels[0] * sx, b.pixels[1] * sy, b.pixels[2] * sx, b.pixels[3] * sy),
+            )
+            for b in self._boxes.values()
+            if b.image == index
+        ]
+
+    def _redraw(self, index: int) -> None:
+        marked = self._views[index].copy()
+        draw_marks(marked, self._working_marks(index))
+        self._marked[index] = marked
+
+    def _crop_image(self, index: int, region: tuple[float, ...], show_boxes: bool) -> Image.Image:
+        x1, y1, x2, y2 = region
+        size = crop_size(
+            x2 - x1, y2 - y1, self._crop_min_side, self._crop_max_pixels, self._min_image_pixels
+        )
+        image = Image.fromarray(crop_array(self._originals[index], (x1, y1, x2, y2), size))
+        if show_boxes:
+            sx, sy = size[0] / (x2 - x1), size[1] / (y2 - y1)
+            marks = [
+                Mark(
+                    b.box_id,
+                    b.label,
+                    (
+                        (b.pixels[0] - x1) * sx,
+                        (b.pixels[1] - y1) * sy,
+                        (b.pixels[2] - x1) * sx,
+                        (b.pixels[3] - y1) * sy,
+                    ),
+                )
+                for b in self._boxes.values()
+                if b.image == index
+                and b.pixels[0] < x2
+                and b.pixels[2] > x1
+                and b.pixels[1] < y2
+                and b.pixels[3] > y1
+            ]
+            draw_marks(image, marks)
+        return image
+
+    def _show_marked(self, index: int) -> dict[str, Any]:
+        self._tool_images += 1
+        return _image(self._marked[index].copy())
+
+    def _box_summary(self) -> str:
+        n = len(self._boxes)
+        return f"{n} box{'es' if n != 1 else ''} so far."
+
+    # ----------------------------------------------------------------------------- tools
+
+    def draw_box(
+        self, x1: float, y1: float, x2: float, y2: float, label: str, image: int = 0
+    ) -> list[dict]:
+        """Draw a numbered, labelled box around one object, to keep track of the objects found so far.
+
+        Coordinates are in the frame given in the instructions (by default integers from 0 to 1000,
+        relative to the image's width and height), with (x1, y1) the top-left corner.
+
+        Args:
+            x1: Left edge of the box.
+            y1: Top edge of the box.
+            x2: Right edge of the box (greater than x1).
+            y2: Bottom edge of the box (greater than y1).
+            label: What the object is, in a few words, e.g. "red triangle" or "screen showing 7".
+            image: Which image the box is on: 0 for the first image, 1 for the second.
+
+        Returns:
+            The new box's number and, depending on the environment, the marked-up image and/or a zoomed crop of the box.
+        """
+
+        def body() -> Blocks:
+            index = self._image_index(image)
+            text = as_label("label", label)
+            pixels = self._region(x1, y1, x2, y2, index)
+            if len(self._boxes) >= self._max_boxes:
+                raise ToolArgumentError(
+                    f"there are already {self._max_boxes} boxes, the most allowed; "
+                    "remove_box a wrong one or answer"
+                )
+            box = DrawnBox(self._next_id, text, index, pixels)
+            self._boxes[box.box_id] = box
+            self._next_id += 1
+            shown = box.to_json(self._frame, self._sizes[index])["box"]
+            message = (
+                f'Box {box.box_id} "{text}" drawn at ({", ".join(f"{v:g}" for v in shown)})'
+                f"{' on image 1' if index else ''}. {self._box_summary()}"
+            )
+            draw_marks(self._marked[index], self._working_marks(index)[-1:])
+            blocks: Blocks = []
+            if self._draw_box_returns in ("image", "both"):
+                blocks.append(self._show_marked(index))
+            if self._draw_box_returns in ("crop", "both"):
+                w, h = self._sizes[index]
+                mx, my = (
+                    (pixels[2] - pixels[0]) * CROP_MARGIN,
+                    (pixels[3] - pixels[1]) * CROP_MARGIN,
+                )
+                region = (
+                    max(0.0, pixels[0] - mx),
+                    max(0.0, pixels[1] - my),
+                    min(float(w), pixels[2] + mx),
+                    min(float(h), pixels[3] + my),
+                )
+                blocks.append(_image(self._crop_image(index, region, self._crop_shows_boxes)))
+                self._tool_images += 1
+            blocks.append({"type": "text", "text": message})
+            return blocks
+
+        return self._run("draw_box", body)
+
+    def crop(self, x1: float, y1: float, x2: float, y2: float, image: int = 0) -> list[dict]:
+        """Zoom into a region of an image: returns that region enlarged, to look at small objects closely.
+
+        Coordinates are in the same frame as draw_box, with (x1, y1) the top-left corner.
+
+        Args:
+            x1: Left edge of the region.
+            y1: Top edge of the region.
+            x2: Right edge of the region (greater than x1).
+            y2: Bottom edge of the region (greater than y1).
+            image: Which image to crop: 0 for the first image, 1 for the second.
+
+        Returns:
+            The enlarged region (with the boxes drawn so far, if the environment shows them) and a short description.
+        """
+
+        def body() -> Blocks:
+            index = self._image_index(image)
+            region = self._region(x1, y1, x2, y2, index)
+            picture = self._crop_image(index, region, self._crop_shows_boxes)
+            self._tool_images += 1
+            return [
+                _image(picture),
+                {
+                    "type": "text",
+                    "text": f"Crop of image {index}, enlarged to {picture.size[0]}x{picture.size[1]}.",
+                },
+            ]
+
+        return self._run("crop", body)
+
+    def label(self, box_id: int, label: str) -> list[dict]:
+        """Change the label of a box drawn earlier.
+
+        Args:
+            box_id: The number of the box, as returned by draw_box.
+            label: The new label, e.g. "blue square".
+
+        Returns:
+            A confirmation, with the marked-up image if the environment shows it.
+        """
+
+        def body() -> Blocks:
+            box = self._box(box_id)
+            text = as_label("label", label)
+            self._boxes[box.box_id] = DrawnBox(box.box_id, text, box.image, box.pixels)
+            return self._after_edit(box.image, f'Box {box.box_id} is now labelled "{text}".')
+
+        return self._run("label", body)
+
+    def remove_box(self, box_id: int) -> list[dict]:
+        """Remove a box drawn earlier (for a duplicate or a mistake). Other boxes keep their numbers.
+
+        Args:
+            box_id: The number of the box to remove, as returned by draw_box.
+
+        Returns:
+            A confirmation, with the marked-up image if the environment shows it.
+        """
+
+        def body() -> Blocks:
+            box = self._box(box_id)
+            del self._boxes[box.box_id]
+            return self._after_edit(box.image, f"Box {box.box_id} removed. {self._box_summary()}")
+
+        return self._run("remove_box", body)
+
+    def answer(
+        self,
+        count: int | None = None,
+        items: list[str] | None = None,
+        value: bool | None = None,
+        x: float | None = None,
+        y: float | None = None,
+    ) -> list[dict]:
+        """Give the final answer and end the episode. Fill in the fields the question asks for.
+
+        Args:
+            count: How many objects there are (for counting questions).
+            items: One short label per object, e.g. ["red triangle", "blue circle"] (for questions that ask to list the objects).
+            value: True or False (for questions that ask whether a statement is true).
+            x: Horizontal coordinate of the point asked for, in the same frame as draw_box (for pointing questions).
+            y: Vertical coordinate of the point asked for, in the same frame as draw_box (for pointing questions).
+
+        Returns:
+            A confirmation of the recorded answer.
+        """
+
+        def body() -> Blocks:
+            given = {
+                k: v
+                for k, v in (
+                    ("count", count),
+                    ("items", items),
+                    ("value", value),
+                    ("x", x),
+                    ("y", y),
+                )
+                if v is not None
+            }
+            result = as_answer(self._kind, given, self._frame, self._sizes[0])
+            shown = json.dumps(given, default=str)
+            self._answer = result
+            return _text(f"Answer recorded: {shown}. The episode is over.")
+
+        return self._run("answer", body)
+
+    # ------------------------------------------------------------------ tool helpers
+
+    def _box(self, box_id: Any) -> DrawnBox:
+        number = as_integer("box_id", box_id)
+        if number not in self._boxes:
+            live = ", ".join(str(i) for i in self._boxes) or "none"
+            raise ToolArgumentError(f"there is no box {number}; the boxes are: {live}")
+        return self._boxes[number]
+
+    def _after_edit(self, index: int, message: str) -> Blocks:
+        self._redraw(index)
+        if self._draw_box_returns in ("image", "both"):
+            return [self._show_marked(index), {"type": "text", "text": message}]
+        return _text(message)
+
+
+# Parameter names and required parameters of each tool, from the signatures (for `_call`).
+def _signature_tables() -> tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]]:
+    import inspect
+
+    params: dict[str, tuple[str, ...]] = {}
+    required: dict[str, tuple[str, ...]] = {}
+    for name in TOOL_NAMES:
+        signature = inspect.signature(getattr(Toolbox, name))
+        names = [p for p in signature.parameters if p != "self"]
+        params[name] = tuple(names)
+        required[name] = tuple(
+            p for p in names if signature.parameters[p].default is inspect.Parameter.empty
+        )
+    return params, required
+
+
+_PARAMS, _REQUIRED = _signature_tables()
