@@ -1,0 +1,237 @@
+"""The `openai` policy: chat completions against any OpenAI-compatible server.
+
+Works with `vllm serve`, `transformers serve` and hosted APIs. Images travel as base64 PNG data
+URLs; the tool schemas go in `tools=`, so the server's chat template renders them. For the same
+tokens as every other boxgym path, serve the model with boxgym's template, e.g.
+`vllm serve Qwen/Qwen2-VL-2B-Instruct --chat-template <boxgym>/policies/chat_template.jinja`
+(`chat_template_path()` gives the file); the tiny checkpoint already carries it.
+
+Requests run concurrently on at most `max_concurrency` threads, each with a timeout and
+retries with exponential backoff on connection errors, timeouts, 429 and 5xx. When the server
+cannot be reached after the retries, `act` fails fast with an error naming the URL.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from boxgym.policies.base import Conversation
+from boxgym.policies.prompting import clean_completion, normalize_messages
+
+
+class ServerUnreachableError(ConnectionError):
+    """The OpenAI-compatible server did not answer (refused, timed out, or kept failing)."""
+
+
+def chat_template_path() -> Path:
+    """Path of boxgym's chat template, for `vllm serve --chat-template`."""
+    return Path(str(files("boxgym.policies") / "chat_template.jinja"))
+
+
+def image_data_url(image: Image.Image) -> str:
+    """`image` as a `data:image/png;base64,...` URL (lossless, so the server sees our pixels)."""
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="PNG", compress_level=1)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def to_openai_messages(messages: Conversation) -> list[dict[str, Any]]:
+    """Our multimodal messages in the chat-completions format.
+
+    Text parts stay text parts, images become `image_url` parts; assistant turns carry the raw
+    text (tool calls inside it), tool results keep their role and name.
+    """
+    converted = []
+    for message in normalize_messages(messages):
+        parts: list[dict[str, Any]] = []
+        for part in message["content"]:
+            if part["type"] == "image":
+                parts.append(
+                    {"type": "image_url", "image_url": {"url": image_data_url(part["image"])}}
+                )
+            else:
+                parts.append({"type": "text", "text": part["text"]})
+        out: dict[str, Any] = {"role": message["role"]}
+        if message["role"] in ("system", "assistant"):
+            out["content"] = "".join(p["text"] for p in parts if p["type"] == "text")
+        else:
+            out["content"] = parts
+        if message["role"] == "tool":
+            out["name"] = message["name"]
+        converted.append(out)
+    return converted
+
+
+def completion_text(message: Any) -> str:
+    """The raw assistant text of a chat-completion message, tool calls in `<tool_call>` form.
+
+    Servers that parse tool calls return them as structured `tool_calls` and strip them from the
+    content; they are re-serialised with the env's canonical `format_tool_calls`.
+    """
+    from boxgym.env.parsing import format_tool_calls
+
+    blocks = [message.content] if message.content else []
+    for call in message.tool_calls or []:
+        function = call.function
+        try:
+            arguments = json.loads(function.arguments) if function.arguments else {}
+        except json.JSONDecodeError:
+            # Keep the malformed arguments verbatim: the env's parser reports them to the model.
+            name = json.dumps(function.name)
+            blocks.append(
+                f'<tool_call>\n{{"name": {name}, "arguments": {function.arguments}}}\n</tool_call>'
+            )
+            continue
+        blocks.append(format_tool_calls([(function.name, arguments)]))
+    return clean_completion("\n".join(blocks))
+
+
+class OpenAIPolicy:
+    """A policy that asks an OpenAI-compatible chat-completions server.
+
+    Args:
+        base_url: the server's API root, e.g. "http://127.0.0.1:8000/v1".
+        model: the model name the server knows.
+        api_key: sent as bearer token (local servers accept anything).
+        max_concurrency: requests in flight at most.
+        timeout: seconds per request.
+        max_retries: further attempts after a failed one (connection, timeout, 429, 5xx).
+        backoff: first retry delay in seconds; doubled each retry.
+        temperature, top_p, max_new_tokens: decoding knobs.
+        seed: base seed; request i of the run gets seed + i (servers that honour it repeat).
+        stop: extra stop strings. Servers end the turn at the model's eos (`<|im_end|>`) by
+            themselves; `transformers serve` 5.23 fails on stop strings with VLM processors.
+    """
+
+    name = "openai"
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000/v1",
+        model: str = "default",
+        api_key: str = "EMPTY",
+        max_concurrency: int = 8,
+        timeout: float = 120.0,
+        max_retries: int = 3,
+        backoff: float = 0.5,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 256,
+        seed: int | None = 0,
+        stop: list[str] | None = None,
+    ) -> None:
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        if max_retries < 0 or timeout <= 0:
+            raise ValueError("max_retries must be >= 0 and timeout > 0")
+        try:
+            import openai
+        except ImportError as error:
+            raise ImportError(
+                "the openai policy needs the `openai` client: pip install boxgym[model]"
+            ) from error
+        self.base_url = base_url.rstrip("/")
+        self.model = str(model)
+        self.max_concurrency = max_concurrency
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.temperature = temperature
+        self.top_p = top_p
+        self.max_new_tokens = max_new_tokens
+        self.seed = seed
+        self.stop = list(stop) if stop else None
+        self.requests_sent = 0
+        self._openai = openai
+        self._client = openai.OpenAI(
+            base_url=self.base_url, api_key=api_key, timeout=timeout, max_retries=0
+        )
+        self._lock = threading.Lock()
+
+    def request_kwargs(self, index: int) -> dict[str, Any]:
+        """The decoding knobs as chat-completions arguments for the run's request `index`."""
+        kwargs: dict[str, Any] = {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_tokens": self.max_new_tokens,
+        }
+        if self.stop:
+            kwargs["stop"] = self.stop
+        if self.seed is not None:
+            kwargs["seed"] = self.seed + index
+        return kwargs
+
+    def act(
+        self,
+        conversations: list[Conversation],
+        tools: list[dict[str, Any]],
+        tasks: list[Any] | None = None,
+    ) -> list[str]:
+        """One raw assistant text per conversation; requests run concurrently, order is kept."""
+        with self._lock:
+            first = self.requests_sent
+            self.requests_sent += len(conversations)
+        payloads = [to_openai_messages(c) for c in conversations]
+        results: list[str] = [""] * len(conversations)
+        stop = threading.Event()
+
+        def one(i: int) -> None:
+            results[i] = self._complete(payloads[i], tools, first + i, stop)
+
+        with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
+            futures = [pool.submit(one, i) for i in range(len(conversations))]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = [f for f in done if f.exception() is not None]
+            if failed:
+                stop.set()  # queued requests return at once instead of retrying
+                for future in futures:
+                    future.cancel()
+                raise failed[0].exception()
+        return results
+
+    def _complete(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        index: int,
+        stop: threading.Event,
+    ) -> str:
+        openai = self._openai
+        delay = self.backoff
+        for attempt in range(self.max_retries + 1):
+            if stop.is_set():
+                raise ServerUnreachableError(f"request abandoned: {self.base_url} already failed")
+            try:
+                response = self._client.chat.completions.create(
+                    model=self.model,
+                    messages=messages,
+                    tools=tools or openai.omit,
+                    **self.request_kwargs(index),
+                )
+                return completion_text(response.choices[0].message)
+            except (openai.APIConnectionError, openai.APITimeoutError) as error:
+                last: Exception = error
+                timed_out = isinstance(error, openai.APITimeoutError)
+                reason = "timed out" if timed_out else "connection failed"
+            except openai.APIStatusError as error:
+                if error.status_code != 429 and error.status_code < 500:
+                    raise RuntimeError(
+                        f"{self.base_url} rejected the request ({error.status_code}): {error.message}"
+                    ) from error
+                last, reason = error, f"server error {error.status_code}"
+            if attempt < self.max_retries and not stop.wait(delay):
+                delay *= 2
+        raise ServerUnreachableError(
+            f"cannot get a chat completion from {self.base_url} ({reason} after "
+            f"{self.max_retries + 1} attempts, timeout {self.timeout:g}s each); is the server "
+            f"running there? last error: {last}"
+        ) from last
