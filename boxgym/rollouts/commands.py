@@ -1,0 +1,391 @@
+"""The `episodes`, `rollout` and `view` verbs.
+
+    boxgym episodes --scene screens --policy oracle --n 16 --seed 0 --out DIR
+    boxgym rollout --policy hf --scene screens --n 64 --group-size 4 --out DIR [--resume]
+    boxgym view DIR
+
+A run directory holds `run.json` (the run's configuration), `episodes.jsonl`, `images/`,
+`timing.json` (one entry per session), `summary.json` and `index.html`. A directory that already
+holds a run is refused unless `--resume` (finish the missing episodes; the configuration must
+match) or `--overwrite` (delete that run's files first) is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+RUN_FILES = ("run.json", "episodes.jsonl", "summary.json", "index.html", "timing.json")
+SCENE_FAMILY_NAMES = ("screens", "shapes", "clutter")
+# Fields of run.json that may change between sessions of one run (they do not change episodes).
+EXECUTION_FIELDS = ("batch_size", "max_live", "progress", "policy_delay_s")
+
+
+# ---------------------------------------------------------------------------------- arguments
+
+
+def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
+    """Options of `episodes`, `rollout` and `view`."""
+    if verb == "view":
+        parser.add_argument("run_dir", help="a run directory (holding episodes.jsonl)")
+        parser.add_argument("--title", help="page title (default: the directory name)")
+        return
+    scripted = verb == "episodes"
+    parser.add_argument(
+        "--scene",
+        default="screens",
+        help="scene family, a comma-separated list of them, or 'all' (tasks alternate families)",
+    )
+    parser.add_argument("--difficulty", default="easy", choices=("easy", "medium", "hard"))
+    parser.add_argument("--n", type=int, default=16 if scripted else 64, help="number of tasks")
+    add_run_arguments(parser, verb)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
+    """Options every run verb shares (policy, decoding, env, output)."""
+    scripted = verb == "episodes"
+    run = parser.add_argument_group("run")
+    run.add_argument("--out", required=verb != "eval", help="run directory to write")
+    run.add_argument(
+        "--seed", type=int, default=0, help="run seed: tasks, envs and sampling derive from it"
+    )
+    run.add_argument(
+        "--group-size", type=int, default=1 if verb != "rollout" else 4, help="samples per task (G)"
+    )
+    run.add_argument(
+        "--resume", action="store_true", help="finish the missing episodes of an existing run"
+    )
+    run.add_argument(
+        "--overwrite", action="store_true", help="delete an existing run in --out first"
+    )
+    run.add_argument(
+        "--batch-size", type=int, help="most conversations per policy call (default: all live)"
+    )
+    run.add_argument(
+        "--max-live", type=int, default=64, help="most episodes in flight at once (memory bound)"
+    )
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--no-page", action="store_true", help="do not write index.html")
+    run.add_argument(
+        "--policy-delay", dest="policy_delay_s", type=float, default=0.0, help=argparse.SUPPRESS
+    )
+
+    pol = parser.add_argument_group("policy")
+    choices = (
+        ("oracle", "noisy", "random")
+        if scripted
+        else ("oracle", "noisy", "random", "hf", "vllm", "openai")
+    )
+    pol.add_argument("--policy", default="oracle" if scripted else "hf", choices=choices)
+    pol.add_argument(
+        "--calls-per-turn", type=int, help="scripted policies: calls per assistant turn (default 8)"
+    )
+    if not scripted:
+        pol.add_argument(
+            "--model", help="checkpoint path or name (default: the tiny offline model)"
+        )
+        pol.add_argument("--adapter", help="LoRA adapter directory")
+        pol.add_argument("--temperature", type=float)
+        pol.add_argument("--top-p", type=float)
+        pol.add_argument("--top-k", type=int)
+        pol.add_argument("--max-new-tokens", type=int)
+        pol.add_argument("--device", help="hf: auto, cpu, cuda, ...")
+        pol.add_argument("--dtype", help="hf: auto, bfloat16, float16, float32")
+        pol.add_argument("--base-url", help="openai: the server's /v1 URL")
+        pol.add_argument("--api-key", help="openai: API key (default: none)")
+        pol.add_argument("--max-concurrency", type=int, help="openai: requests in flight at once")
+        pol.add_argument("--gpu-memory-utilization", type=float, help="vllm: GPU memory fraction")
+        pol.add_argument("--max-model-len", type=int, help="vllm: context length")
+
+    env = parser.add_argument_group("environment")
+    env.add_argument("--max-turns", type=int, help="assistant turns before truncation")
+    env.add_argument("--max-calls-per-turn", type=int, help="calls run per turn")
+    env.add_argument("--max-calls", type=int, help="calls per episode before truncation")
+    env.add_argument(
+        "--frame", choices=("qwen", "pixels", "unit"), help="coordinate frame (default qwen)"
+    )
+    env.add_argument(
+        "--draw-box-returns", choices=("image", "crop", "both", "text"), help="what draw_box shows"
+    )
+    env.add_argument("--max-image-pixels", type=int, help="area cap of every image shown")
+    env.add_argument(
+        "--no-system-prompt", action="store_true", help="start without the system message"
+    )
+
+
+# ---------------------------------------------------------------------------------- config
+
+
+def env_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """EnvConfig fields set on the command line."""
+    mapping = {
+        "max_turns": "max_turns",
+        "max_calls_per_turn": "max_calls_per_turn",
+        "max_calls": "max_calls",
+        "frame": "coordinate_frame",
+        "draw_box_returns": "draw_box_returns",
+        "max_image_pixels": "max_image_pixels",
+    }
+    out = {
+        field: getattr(args, arg)
+        for arg, field in mapping.items()
+        if getattr(args, arg, None) is not None
+    }
+    if getattr(args, "no_system_prompt", False):
+        out["system_prompt"] = False
+    return out
+
+
+def policy_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Constructor arguments for the policy (None values are dropped by `make_policy`)."""
+    names = (
+        "model", "adapter", "temperature", "top_p", "top_k", "max_new_tokens", "device", "dtype",
+        "base_url", "api_key", "max_concurrency", "gpu_memory_utilization", "max_model_len",
+        "calls_per_turn",
+    )  # fmt: skip
+    out = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    out["seed"] = args.seed
+    if args.policy in ("oracle", "noisy", "random"):
+        out["frame"] = getattr(args, "frame", None) or "qwen"
+    if args.batch_size is not None and args.policy in ("hf", "vllm"):
+        out["batch_size"] = args.batch_size
+    return out
+
+
+def parse_scenes(text: str) -> list[str]:
+    """Scene families from 'screens', 'screens,shapes' or 'all'."""
+    if text == "all":
+        return list(SCENE_FAMILY_NAMES)
+    scenes = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in scenes if s not in SCENE_FAMILY_NAMES]
+    if unknown or not scenes:
+        raise ValueError(
+            f"unknown scene family {unknown or text!r}; choose from {', '.join(SCENE_FAMILY_NAMES)} or 'all'"
+        )
+    return scenes
+
+
+def scene_tasks(scenes: list[str], n: int, seed: int, difficulty: str, **knobs: Any) -> list[Any]:
+    """n procedural tasks alternating over `scenes`; task i uses scene seed seed*1e6 + i."""
+    from boxgym.data.scenes import make_scene_task
+
+    if n < 1:
+        raise ValueError(f"--n must be >= 1, got {n}")
+    if seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {seed}")
+    return [
+        make_scene_task(scenes[i % len(scenes)], seed * 1_000_000 + i, difficulty, **knobs)
+        for i in range(n)
+    ]
+
+
+# ---------------------------------------------------------------------------------- running
+
+
+class _DelayedPolicy:
+    """Wraps a policy with a sleep per call (tests use it to kill a run part-way)."""
+
+    def __init__(self, policy: Any, delay_s: float) -> None:
+        self.policy, self.delay_s, self.name = policy, delay_s, policy.name
+
+    def act(
+        self, conversations: list[Any], tools: list[Any], tasks: list[Any] | None = None
+    ) -> list[str]:
+        time.sleep(self.delay_s)
+        return self.policy.act(conversations, tools, tasks)
+
+
+def prepare_run_dir(out: Path, config: dict[str, Any], *, resume: bool, overwrite: bool) -> None:
+    """Create, check (resume) or clear (overwrite) a run directory; raise with a clear message."""
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite contradict each other; pick one")
+    existing = out.exists() and any(out.iterdir())
+    if existing and overwrite:
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / "images", ignore_errors=True)
+    elif existing and resume:
+        run_json = out / "run.json"
+        if not run_json.exists():
+            raise ValueError(
+                f"{out} has no run.json, so there is no run to resume; use a new --out or --overwrite"
+            )
+        previous = json.loads(run_json.read_text())
+        diffs = config_differences(previous, json.loads(json.dumps(config)))
+        if diffs:
+            raise ValueError(
+                f"--resume: the configuration differs from the run in {out}: "
+                + "; ".join(diffs)
+                + ". Use the same options, a new --out, or --overwrite."
+            )
+        return
+    elif existing:
+        raise ValueError(
+            f"{out} is not empty; pass --resume to finish the run there, --overwrite to replace it, "
+            "or choose another --out"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Fields that differ between two run configs, ignoring execution-only fields."""
+    keys = sorted((set(old) | set(new)) - set(EXECUTION_FIELDS))
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+def make_env_factory(env_config: Any) -> Any:
+    """A zero-argument callable building a fresh `BoxGymEnv` with this config."""
+    from boxgym.env import BoxGymEnv
+
+    def make() -> Any:
+        return BoxGymEnv(config=env_config)
+
+    return make
+
+
+def execute_run(
+    args: argparse.Namespace,
+    tasks: list[Any],
+    task_spec: dict[str, Any],
+    *,
+    title: str | None = None,
+) -> int:
+    """Run (or resume) a run directory over `tasks` and write its summary and page."""
+    from boxgym.env import EnvConfig
+    from boxgym.policies.registry import make_policy
+    from boxgym.rollouts.metrics import format_table, write_summary
+    from boxgym.rollouts.runner import append_session_timing, run_rollouts
+    from boxgym.rollouts.store import EpisodeStore, read_episodes
+    from boxgym.rollouts.viewer import write_index
+
+    if args.group_size < 1:
+        raise ValueError(f"--group-size must be >= 1, got {args.group_size}")
+    env_config = EnvConfig().replace(**env_overrides(args))
+    kwargs = policy_kwargs(args)
+    out = Path(args.out)
+    config = {
+        "policy": args.policy,
+        "policy_kwargs": {k: v for k, v in kwargs.items() if k not in ("batch_size", "api_key")},
+        "tasks": task_spec,
+        "task_ids_head": [t.id for t in tasks[:4]],
+        "n_tasks": len(tasks),
+        "group_size": args.group_size,
+        "seed": args.seed,
+        "env": env_config.to_dict(),
+        "batch_size": args.batch_size,
+        "max_live": args.max_live,
+        "policy_delay_s": args.policy_delay_s,
+    }
+    prepare_run_dir(out, config, resume=args.resume, overwrite=args.overwrite)
+    policy = make_policy(args.policy, **kwargs)
+    if args.policy_delay_s > 0:
+        policy = _DelayedPolicy(policy, args.policy_delay_s)
+    with EpisodeStore(out) as store:
+        if store.repaired_bytes:
+            print(
+                f"resume: cut a torn last line ({store.repaired_bytes} bytes) left by a killed run",
+                file=sys.stderr,
+            )
+        stats = run_rollouts(
+            tasks,
+            policy,
+            make_env_factory(env_config),
+            store,
+            group_size=args.group_size,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            max_live=args.max_live,
+            progress=not args.no_progress,
+            run_info={"policy": args.policy, "run": out.resolve().name},
+        )
+    append_session_timing(out, stats)
+    log = read_episodes(out)
+    if log.report():
+        print(f"note: {log.report()}", file=sys.stderr)
+    summary = write_summary(out, log.episodes, seed=args.seed)
+    expected = len(tasks) * args.group_size
+    print(
+        f"{args.policy}: {stats.episodes} episode(s) this session, {len(log.episodes)}/{expected} stored "
+        f"in {stats.wall_s:.1f}s (policy {stats.policy_s:.1f}s, outside {stats.wall_s - stats.policy_s:.1f}s)"
+    )
+    print(format_table(summary))
+    if summary.get("pass_at_k"):
+        print(
+            "  "
+            + "  ".join(
+                f"pass@{k} {v['mean']:.3f}"
+                for k, v in summary["pass_at_k"].items()
+                if v["mean"] is not None
+            )
+        )
+    print(f"  failures: {summary['failures']}")
+    if not args.no_page:
+        page = write_index(out, log.episodes, summary, title=title)
+        print(f"page: {page.resolve()}")
+    print(f"episodes: {(out / 'episodes.jsonl').resolve()}")
+    return 0
+
+
+def run_view(args: argparse.Namespace) -> int:
+    from boxgym.rollouts.metrics import format_table, write_summary
+    from boxgym.rollouts.store import read_episodes
+    from boxgym.rollouts.viewer import write_index
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "episodes.jsonl").exists():
+        print(f"error: {run_dir} has no episodes.jsonl", file=sys.stderr)
+        return 2
+    log = read_episodes(run_dir)
+    if log.report():
+        print(f"note: {log.report()}", file=sys.stderr)
+    seed = 0
+    if (run_dir / "run.json").exists():
+        seed = int(json.loads((run_dir / "run.json").read_text()).get("seed", 0))
+    summary = write_summary(run_dir, log.episodes, seed=seed)
+    page = write_index(run_dir, log.episodes, summary, title=args.title)
+    print(format_table(summary))
+    print(f"page: {page.resolve()}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch `episodes`, `rollout` and `view`."""
+    try:
+        if args.verb == "view":
+            return run_view(args)
+        scenes = parse_scenes(args.scene)
+        tasks = scene_tasks(scenes, args.n, args.seed, args.difficulty)
+        spec = {"kind": "scenes", "scenes": scenes, "n": args.n, "difficulty": args.difficulty}
+        return execute_run(args, tasks, spec)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m boxgym.rollouts.commands VERB ...`: the run verbs without the full CLI."""
+    import importlib
+
+    modules = {
+        "episodes": "boxgym.rollouts.commands",
+        "rollout": "boxgym.rollouts.commands",
+        "view": "boxgym.rollouts.commands",
+        "eval": "boxgym.rollouts.suites",
+    }
+    parser = argparse.ArgumentParser(prog="python -m boxgym.rollouts.commands")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for verb, module_name in modules.items():
+        verb_parser = sub.add_parser(verb)
+        importlib.import_module(module_name).add_arguments(verb_parser, verb)
+    args = parser.parse_args(argv)
+    return int(importlib.import_module(modules[args.verb]).run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

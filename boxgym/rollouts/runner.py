@@ -1,0 +1,315 @@
+"""The batched lockstep rollout runner: N tasks x G samples, one policy call per turn.
+
+Every live episode advances one turn at a time together: the runner gathers all live
+conversations, calls `policy.act` once (or once per `batch_size` chunk), steps each env with its
+text, and appends every episode that finished to the store at once. At most `max_live` episodes
+are in flight (each holds its images); a finished episode's slot goes to the next key before the
+next turn, so batches stay full. Groups (the G samples of one task, as GRPO uses them) are
+consecutive keys, so they run side by side.
+
+Seeds: sample s of task i gets `derive_seed(run_seed, i, s)` for its env reset and its scripted
+policy randomness, so any subset of keys (a resumed run, a different batch size) reproduces the
+same episodes.
+
+Time is split into the policy's share (the batched `act` calls, apportioned equally over the
+episodes of a chunk) and everything outside it: `env_s` (env resets and steps, with rendering),
+`record_s` (building records: hashing images, queueing PNG writes) and `store_s` (waiting for an
+episode's PNGs, writing and fsyncing its line). The session's totals go to `timing.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from boxgym.data.task import Task
+from boxgym.policies.base import Policy
+from boxgym.policies.scripted import SeededTask
+from boxgym.rollouts.episode import EpisodeRecorder
+from boxgym.rollouts.store import EpisodeStore
+
+# A runaway guard: the env's own turn budget should always end an episode long before this.
+RUNNER_TURN_GUARD = 512
+
+
+def derive_seed(run_seed: int, task_index: int, sample: int) -> int:
+    """A 31-bit seed for one (task, sample), independent of which other keys run with it."""
+    state = np.random.SeedSequence([int(run_seed), int(task_index), int(sample)]).generate_state(1)
+    return int(state[0] & 0x7FFFFFFF)
+
+
+@dataclass
+class RunStats:
+    """One runner session's totals (written to `timing.json`)."""
+
+    episodes: int = 0
+    policy_calls: int = 0
+    turns: int = 0
+    wall_s: float = 0.0
+    policy_s: float = 0.0
+    env_s: float = 0.0
+    record_s: float = 0.0
+    store_s: float = 0.0
+    reward_sum: float = 0.0
+    skipped_done: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        out = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+        out["outside_policy_s"] = round(max(0.0, self.wall_s - self.policy_s), 6)
+        return out
+
+
+@dataclass
+class _LiveEpisode:
+    task_index: int
+    sample: int
+    seed: int
+    task: Task
+    env: Any
+    recorder: EpisodeRecorder
+    conversation: list[dict[str, Any]]
+    done: bool = False
+    turns: int = 0
+
+
+def run_rollouts(
+    tasks: Sequence[Task],
+    policy: Policy,
+    make_env: Callable[[], Any],
+    store: EpisodeStore,
+    *,
+    group_size: int = 1,
+    seed: int = 0,
+    batch_size: int | None = None,
+    max_live: int | None = 64,
+    progress: bool = True,
+    run_info: dict[str, Any] | None = None,
+    on_episode: Callable[[dict[str, Any]], None] | None = None,
+) -> RunStats:
+    """Run every (task, sample) key not yet in `store` and append each finished episode.
+
+    Args:
+        tasks: the run's tasks, in a fixed order (task index = position).
+        policy: anything with `act(conversations, tools, tasks)`.
+        make_env: builds a fresh environment (reset with `options={"task": task}`).
+        store: where finished episodes go; its `done_keys()` are skipped (resume).
+        group_size: samples per task (G).
+        seed: the run seed; per-sample seeds derive from it.
+        batch_size: most conversations per `act` call (None: all live episodes in one call).
+        max_live: most episodes in flight at once (bounds memory: each holds its images);
+            None runs every key at once.
+        progress: show a tqdm bar (episodes done, live mean reward, episodes/s).
+        run_info: extra fields copied into every record (policy name, run name, ...).
+        on_episode: called with each finished record (after it is stored).
+
+    Returns:
+        The session's statistics.
+    """
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_live is not None and max_live < 1:
+        raise ValueError(f"max_live must be >= 1, got {max_live}")
+    ids = [t.id for t in tasks]
+    if len(set(ids)) != len(ids):
+        raise ValueError("task ids must be unique within a run (they key the stored episodes)")
+    done = store.done_keys()
+    keys = [
+        (i, s) for i in range(len(tasks)) for s in range(group_size) if (tasks[i].id, s) not in done
+    ]
+    stats = RunStats(skipped_done=len(tasks) * group_size - len(keys))
+    session = _Session(tasks, policy, make_env, store, seed, stats, run_info or {}, on_episode)
+    session.bar = _progress_bar(len(keys), progress)
+    pending = deque(keys)
+    live: list[_LiveEpisode] = []
+    capacity = max_live or max(1, len(keys))
+    try:
+        while pending or live:
+            # Top up: a finished episode's slot goes to the next key, so batches stay full.
+            while pending and len(live) < capacity:
+                episode = session.start(*pending.popleft())
+                if episode is not None:
+                    live.append(episode)
+            if live:
+                session.turn(live, batch_size)
+                live = [ep for ep in live if not ep.done]
+    finally:
+        stats.wall_s = time.perf_counter() - session.started
+        if session.bar is not None:
+            session.bar.close()
+        store.flush_images()
+    return stats
+
+
+class _Session:
+    """The state one `run_rollouts` call shares between starting, stepping and finishing."""
+
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        policy: Policy,
+        make_env: Callable[[], Any],
+        store: EpisodeStore,
+        run_seed: int,
+        stats: RunStats,
+        run_info: dict[str, Any],
+        on_episode: Callable[[dict[str, Any]], None] | None,
+    ) -> None:
+        self.tasks, self.policy, self.make_env, self.store = tasks, policy, make_env, store
+        self.run_seed, self.stats, self.run_info, self.on_episode = (
+            run_seed,
+            stats,
+            run_info,
+            on_episode,
+        )
+        self.tools: list[dict[str, Any]] = []
+        self.bar: Any = None
+        self.started = time.perf_counter()
+
+    def start(self, task_index: int, sample: int) -> _LiveEpisode | None:
+        """Reset a fresh env for one key; None when the env refused the task (recorded)."""
+        stats = self.stats
+        t0 = time.perf_counter()
+        task = self.tasks[task_index]
+        ep_seed = derive_seed(self.run_seed, task_index, sample)
+        env = self.make_env()
+        recorder = EpisodeRecorder(self.store, task, task_index, sample, ep_seed, self.run_info)
+        try:
+            messages, _info = env.reset(seed=ep_seed, options={"task": task})
+        except Exception as exc:  # a task the env cannot take: record it, keep the run going
+            recorder.fail("env_error", _describe(exc))
+            recorder.timing["env_s"] += time.perf_counter() - t0
+            stats.env_s += time.perf_counter() - t0
+            self.finish(recorder)
+            return None
+        self.tools = list(getattr(env, "tool_schemas", self.tools))
+        t1 = time.perf_counter()
+        recorder.set_prompt(messages)
+        t2 = time.perf_counter()
+        recorder.timing["env_s"] += t1 - t0
+        recorder.timing["record_s"] += t2 - t1
+        stats.env_s += t1 - t0
+        stats.record_s += t2 - t1
+        return _LiveEpisode(task_index, sample, ep_seed, task, env, recorder, list(messages))
+
+    def turn(self, live: list[_LiveEpisode], batch_size: int | None) -> None:
+        """One lockstep turn: one `act` call per chunk of live episodes, then every env step."""
+        stats = self.stats
+        chunk_size = batch_size or len(live)
+        for begin in range(0, len(live), chunk_size):
+            chunk = live[begin : begin + chunk_size]
+            t0 = time.perf_counter()
+            texts = self.policy.act(
+                [ep.conversation for ep in chunk],
+                self.tools,
+                [SeededTask(ep.task, ep.seed) for ep in chunk],
+            )
+            spent = time.perf_counter() - t0
+            stats.policy_calls += 1
+            stats.policy_s += spent
+            if len(texts) != len(chunk):
+                raise RuntimeError(
+                    f"policy {getattr(self.policy, 'name', self.policy)!r} returned {len(texts)} "
+                    f"texts for {len(chunk)} conversations"
+                )
+            for ep, text in zip(chunk, texts):
+                ep.recorder.timing["policy_s"] += spent / len(chunk)
+                ep.turns += 1
+                _step(ep, text, ep.turns, stats)
+                stats.turns += 1
+        for ep in live:
+            if ep.done:
+                self.finish(ep.recorder)
+                ep.env.close()
+
+    def finish(self, recorder: EpisodeRecorder) -> None:
+        """Store a finished episode and update the counters and the progress bar."""
+        stats = self.stats
+        t0 = time.perf_counter()
+        record = recorder.record()
+        self.store.append(record)
+        stats.store_s += time.perf_counter() - t0
+        stats.episodes += 1
+        reward = record.get("reward")
+        if isinstance(reward, (int, float)) and math.isfinite(reward):
+            stats.reward_sum += float(reward)
+        stats.failures[record["failure"]] = stats.failures.get(record["failure"], 0) + 1
+        if self.bar is not None:
+            elapsed = max(1e-9, time.perf_counter() - self.started)
+            self.bar.set_postfix(
+                reward=f"{stats.reward_sum / stats.episodes:.3f}",
+                eps_per_s=f"{stats.episodes / elapsed:.2f}",
+                refresh=False,
+            )
+            self.bar.update(1)
+        if self.on_episode is not None:
+            self.on_episode(record)
+
+
+def _step(ep: _LiveEpisode, text: Any, turn: int, stats: RunStats) -> None:
+    t0 = time.perf_counter()
+    if not isinstance(text, str):
+        text = "" if text is None else str(text)
+    try:
+        new_messages, reward, terminated, truncated, info = ep.env.step(text)
+    except Exception as exc:
+        t1 = time.perf_counter()
+        ep.recorder.add_turn(text, [], 0.0, {})
+        ep.recorder.fail("env_error", _describe(exc))
+        ep.done = True
+    else:
+        t1 = time.perf_counter()
+        ep.conversation.extend(new_messages)
+        ep.recorder.add_turn(text, new_messages, float(reward), info)
+        if terminated or truncated:
+            ep.recorder.finish(bool(terminated), bool(truncated), info)
+            ep.done = True
+        elif turn >= RUNNER_TURN_GUARD:
+            ep.recorder.fail("runner_turn_guard", f"no end after {turn} turns")
+            ep.done = True
+    t2 = time.perf_counter()
+    ep.recorder.timing["env_s"] += t1 - t0
+    ep.recorder.timing["record_s"] += t2 - t1
+    stats.env_s += t1 - t0
+    stats.record_s += t2 - t1
+
+
+def _describe(exc: BaseException) -> str:
+    tail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-3:])
+    return f"{type(exc).__name__}: {exc}\n{tail}"[:4000]
+
+
+def _progress_bar(total: int, enabled: bool) -> Any:
+    if not enabled or total == 0:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="ep", desc="episodes", dynamic_ncols=True, smoothing=0.1)
+
+
+def append_session_timing(run_dir: str | Path, stats: RunStats) -> None:
+    """Add this session's totals to `timing.json` (a list, one entry per session)."""
+    path = Path(run_dir) / "timing.json"
+    sessions: list[dict[str, Any]] = []
+    if path.exists():
+        try:
+            loaded = json.loads(path.read_text())
+            sessions = loaded if isinstance(loaded, list) else []
+        except json.JSONDecodeError:
+            sessions = []
+    sessions.append(stats.as_json())
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(sessions, indent=2) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,272 @@
+"""`EpisodeStore`: finished episodes as JSON lines, images once each by content hash.
+
+Layout of a run directory:
+
+    episodes.jsonl       one finished episode per line, appended, flushed and fsynced per episode
+    images/<sha>.png     every distinct image once; records refer to it by `<sha>`
+
+Safety against a kill at any moment (SIGKILL included): an image is written to a temporary
+file and renamed into place, so `images/` never holds a partial PNG; an episode's images are
+all on disk before its line is written; each line is written with one `write` and fsynced, so a
+kill can only leave a torn *last* line, which the reader detects and drops and which opening the
+store for appending cuts off (reported in `repaired_bytes`). A resumed run therefore loses at
+most the episodes that were in flight.
+
+Hashing covers the raw pixels, the size and the mode, so two equal images from different turns
+or episodes are stored once. PNG encoding is the expensive part (research.md: ~100 ms for a
+noisy 1024x1024 image even at compress_level 1), so it runs on a small thread pool and overlaps
+with the policy's next turn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+EPISODES_FILE = "episodes.jsonl"
+IMAGES_DIR = "images"
+_TMP_PREFIX = ".tmp-"
+
+
+def image_sha(image: Image.Image) -> str:
+    """Content hash of an image: raw pixels, size and mode (not the encoded file)."""
+    digest = hashlib.sha256()
+    digest.update(f"{image.mode}|{image.size[0]}x{image.size[1]}|".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()[:32]
+
+
+def image_relpath(sha: str) -> str:
+    """Path of a stored image relative to the run directory (what the viewer links to)."""
+    return f"{IMAGES_DIR}/{sha}.png"
+
+
+def episode_key(record: dict[str, Any]) -> tuple[str, int]:
+    """The (task id, sample index) that identifies an episode within a run."""
+    key = record["key"]
+    return (str(key["task_id"]), int(key["sample"]))
+
+
+@dataclass
+class EpisodeLog:
+    """What `read_episodes` found.
+
+    Attributes:
+        episodes: the complete, parseable episode records, in file order.
+        torn_tail: whether the last line was incomplete (a kill mid-write) and was dropped.
+        bad_lines: 1-based numbers of complete lines that did not parse and were skipped.
+    """
+
+    episodes: list[dict[str, Any]] = field(default_factory=list)
+    torn_tail: bool = False
+    bad_lines: list[int] = field(default_factory=list)
+
+    def report(self) -> str:
+        """One line for the user: what was dropped, or an empty string."""
+        parts = []
+        if self.torn_tail:
+            parts.append("dropped a torn last line (a run was killed while writing it)")
+        if self.bad_lines:
+            parts.append(f"skipped {len(self.bad_lines)} unparseable line(s): {self.bad_lines[:5]}")
+        return "; ".join(parts)
+
+
+def read_episodes(path: str | Path) -> EpisodeLog:
+    """Read `episodes.jsonl` (or a run directory holding one), tolerating a torn last line.
+
+    A missing file reads as an empty log.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / EPISODES_FILE
+    log = EpisodeLog()
+    if not path.exists():
+        return log
+    data = path.read_bytes()
+    if not data:
+        return log
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    elif lines:
+        lines.pop()  # no trailing newline: the last line was cut off mid-write
+        log.torn_tail = True
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            log.bad_lines.append(number)
+            continue
+        if not isinstance(record, dict) or "key" not in record:
+            log.bad_lines.append(number)
+            continue
+        log.episodes.append(record)
+    return log
+
+
+class EpisodeStore:
+    """Append-only episode storage for one run directory.
+
+    Args:
+        out_dir: the run directory (created if missing).
+        compress_level: PNG zlib level; 1 is the fast end (research.md costs).
+        image_workers: threads that encode PNGs in the background; 0 encodes inline.
+        max_pending_images: most images queued for encoding (each holds a copy in memory);
+            `put_image` waits for the oldest when the queue is full.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        *,
+        compress_level: int = 1,
+        image_workers: int = 1,
+        max_pending_images: int = 64,
+    ):
+        self.out_dir = Path(out_dir)
+        self.images_dir = self.out_dir / IMAGES_DIR
+        self.images_dir.mkdir(parents=True, exist_ok=True)
+        self.episodes_path = self.out_dir / EPISODES_FILE
+        self.compress_level = compress_level
+        self._known: set[str] = set()
+        for entry in self.images_dir.iterdir():
+            if entry.name.startswith(_TMP_PREFIX):
+                entry.unlink(missing_ok=True)  # a write interrupted by a kill
+            elif entry.suffix == ".png":
+                self._known.add(entry.stem)
+        self._pending: dict[str, Future[None]] = {}
+        self._max_pending = max(1, int(max_pending_images))
+        self._pool = ThreadPoolExecutor(image_workers) if image_workers > 0 else None
+        self.repaired_bytes = self._repair_torn_tail()
+        self._file = open(self.episodes_path, "ab")  # noqa: SIM115 - held open for the run
+        self.images_written = 0
+        self.image_bytes_written = 0
+        self.lines_written = 0
+
+    # -- images ---------------------------------------------------------------------------
+
+    def put_image(self, image: Image.Image) -> str:
+        """Store an image (once per distinct content) and return its hash reference."""
+        sha = image_sha(image)
+        if sha in self._known:
+            return sha
+        self._known.add(sha)
+        if self._pool is None:
+            self._write_image(sha, image)
+        else:
+            if len(self._pending) >= self._max_pending:
+                self._drain(self._max_pending // 2)
+            # Encode a private copy: the caller may draw on the same object later.
+            self._pending[sha] = self._pool.submit(self._write_image, sha, image.copy())
+        return sha
+
+    def _drain(self, keep: int) -> None:
+        """Drop finished writes and wait for the oldest until at most `keep` are pending."""
+        for sha in [s for s, f in self._pending.items() if f.done()]:
+            self._pending.pop(sha).result()
+        while len(self._pending) > keep:
+            sha = next(iter(self._pending))
+            self._pending.pop(sha).result()
+
+    def _write_image(self, sha: str, image: Image.Image) -> None:
+        final = self.images_dir / f"{sha}.png"
+        tmp = self.images_dir / f"{_TMP_PREFIX}{sha}-{os.getpid()}.png"
+        image.save(tmp, format="PNG", compress_level=self.compress_level)
+        size = tmp.stat().st_size
+        os.replace(tmp, final)
+        self.images_written += 1
+        self.image_bytes_written += size
+
+    def flush_images(self) -> None:
+        """Wait until every image handed to `put_image` is on disk (re-raising write errors)."""
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            future.result()
+
+    # -- episodes -------------------------------------------------------------------------
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Write one finished episode durably: its images first, then its line, fsynced."""
+        if "key" not in record:
+            raise ValueError("an episode record needs a 'key' with 'task_id' and 'sample'")
+        self.flush_images()
+        line = json.dumps(record, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        self._file.write(line.encode("utf-8") + b"\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.lines_written += 1
+
+    def read(self) -> EpisodeLog:
+        """Every episode stored so far (see `read_episodes`)."""
+        self._file.flush()
+        return read_episodes(self.episodes_path)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.read().episodes)
+
+    def done_keys(self) -> set[tuple[str, int]]:
+        """The (task id, sample index) of every stored episode, for `--resume`."""
+        return {episode_key(r) for r in self.read().episodes}
+
+    def _repair_torn_tail(self) -> int:
+        """Cut a torn last line off the file so new lines start on a line of their own."""
+        if not self.episodes_path.exists():
+            return 0
+        with open(self.episodes_path, "rb+") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            if size == 0:
+                return 0
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return 0
+            # Scan back for the last newline in blocks.
+            pos = size
+            keep = 0
+            while pos > 0:
+                start = max(0, pos - 65536)
+                f.seek(start)
+                block = f.read(pos - start)
+                idx = block.rfind(b"\n")
+                if idx >= 0:
+                    keep = start + idx + 1
+                    break
+                pos = start
+            f.truncate(keep)
+            f.flush()
+            os.fsync(f.fileno())
+            return size - keep
+
+    def close(self) -> None:
+        """Finish pending image writes and close the file."""
+        if self._file.closed:
+            return
+        try:
+            self.flush_images()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+            self._file.close()
+
+    def __enter__(self) -> EpisodeStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def disk_usage(self) -> dict[str, int]:
+        """Bytes on disk: the episodes file and the image directory."""
+        self._file.flush()
+        images = sum(p.stat().st_size for p in self.images_dir.glob("*.png"))
+        lines = self.episodes_path.stat().st_size if self.episodes_path.exists() else 0
+        return {"episodes_bytes": lines, "image_bytes": images, "images": len(self._known)}

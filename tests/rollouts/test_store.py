@@ -1,0 +1,115 @@
+"""EpisodeStore: durable appends, torn-line handling, image dedup, resume keys."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from boxgym.rollouts.store import EpisodeStore, image_sha, read_episodes
+
+
+def record(task_id: str, sample: int, **extra) -> dict:
+    return {"key": {"task_id": task_id, "task_index": 0, "sample": sample}, **extra}
+
+
+def noise_image(seed: int, size=(64, 48)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def test_append_and_read_back(tmp_path) -> None:
+    with EpisodeStore(tmp_path) as store:
+        store.append(record("a", 0, reward=1.0))
+        store.append(record("a", 1, reward=0.5))
+        assert store.done_keys() == {("a", 0), ("a", 1)}
+    log = read_episodes(tmp_path)
+    assert [r["reward"] for r in log.episodes] == [1.0, 0.5]
+    assert not log.torn_tail and not log.bad_lines and log.report() == ""
+
+
+def test_torn_last_line_is_dropped_and_reported(tmp_path) -> None:
+    with EpisodeStore(tmp_path) as store:
+        store.append(record("a", 0))
+        store.append(record("b", 0))
+    path = tmp_path / "episodes.jsonl"
+    whole = path.read_bytes()
+    path.write_bytes(whole + b'{"key": {"task_id": "c", "sam')  # a kill mid-write
+    log = read_episodes(path)
+    assert [r["key"]["task_id"] for r in log.episodes] == ["a", "b"]
+    assert log.torn_tail and "torn" in log.report()
+    # Opening for append cuts the torn tail, so the next line starts cleanly.
+    with EpisodeStore(tmp_path) as store:
+        assert store.repaired_bytes == len(b'{"key": {"task_id": "c", "sam')
+        store.append(record("c", 0))
+    log = read_episodes(path)
+    assert [r["key"]["task_id"] for r in log.episodes] == ["a", "b", "c"] and not log.torn_tail
+
+
+def test_whole_file_torn_and_bad_middle_line(tmp_path) -> None:
+    path = tmp_path / "episodes.jsonl"
+    path.write_bytes(b'{"key": {"task_')
+    assert read_episodes(path).episodes == [] and read_episodes(path).torn_tail
+    path.write_bytes(
+        b'{"key": {"task_id": "a", "sample": 0}}\nnot json\n[1, 2]\n{"key": {"task_id": "b", "sample": 0}}\n'
+    )
+    log = read_episodes(path)
+    assert [r["key"]["task_id"] for r in log.episodes] == ["a", "b"]
+    assert log.bad_lines == [2, 3]
+    assert read_episodes(tmp_path / "missing.jsonl").episodes == []
+
+
+def test_images_stored_once_by_content(tmp_path) -> None:
+    with EpisodeStore(tmp_path) as store:
+        a = noise_image(0)
+        sha1 = store.put_image(a)
+        sha2 = store.put_image(a.copy())
+        sha3 = store.put_image(noise_image(1))
+        store.flush_images()
+        assert sha1 == sha2 != sha3
+        assert store.images_written == 2
+    files = sorted(p.name for p in (tmp_path / "images").iterdir())
+    assert files == sorted([f"{sha1}.png", f"{sha3}.png"])
+    assert np.array_equal(
+        np.asarray(Image.open(tmp_path / "images" / f"{sha1}.png")), np.asarray(a)
+    )
+    # A second session knows the images already on disk.
+    with EpisodeStore(tmp_path) as store:
+        store.put_image(a)
+        store.flush_images()
+        assert store.images_written == 0
+
+
+def test_hash_covers_mode_and_size() -> None:
+    rgb = Image.new("RGB", (4, 2), (1, 2, 3))
+    assert image_sha(rgb) != image_sha(rgb.convert("RGBA"))
+    assert image_sha(Image.new("L", (4, 2))) != image_sha(Image.new("L", (2, 4)))
+
+
+def test_leftover_temp_files_are_removed(tmp_path) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / ".tmp-abc-1.png").write_bytes(b"partial")
+    with EpisodeStore(tmp_path):
+        pass
+    assert not list((tmp_path / "images").glob(".tmp-*"))
+
+
+def test_record_needs_key_and_rejects_nan(tmp_path) -> None:
+    with EpisodeStore(tmp_path, image_workers=0) as store:
+        with pytest.raises(ValueError, match="key"):
+            store.append({"reward": 1})
+        with pytest.raises(ValueError):
+            store.append(record("a", 0, reward=float("nan")))
+    # Nothing half-written.
+    assert all(json.loads(line) for line in (tmp_path / "episodes.jsonl").read_text().splitlines())
+
+
+def test_image_queue_is_bounded(tmp_path) -> None:
+    with EpisodeStore(tmp_path, max_pending_images=2) as store:
+        for seed in range(10):
+            store.put_image(noise_image(seed))
+            assert len(store._pending) <= 2
+        store.flush_images()
+        assert store.images_written == 10
