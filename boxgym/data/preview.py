@@ -138,6 +138,9 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
         "Knobs (see boxgym/data/scenes/knobs.py): count, object_size (in 28-px patches),\n"
         "distractors, distractor_similarity, overlap, rotation (degrees), image_size,\n"
         "grid (aligned|straddling|random), background_noise, off_rate (screens), kind (clutter).\n"
+        "With --family all, a family-only knob (off_rate, kind) is applied to the families it\n"
+        "belongs to and skipped, with a note, for the others. Every family's knobs are checked\n"
+        "before anything is written, so a bad knob writes nothing.\n"
         "Values are JSON: --knob count=[3,6] --knob rotation=30 --knob grid='\"straddling\"'\n"
         "or plain words for strings: --knob grid=straddling.\n\n"
         "Example: boxgym scenes --family screens --n 8 --seed 0 --difficulty hard --out /tmp/s"
@@ -175,6 +178,29 @@ def parse_knobs(pairs: list[str]) -> dict[str, Any]:
     return knobs
 
 
+def family_knobs(families: list[str], knobs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The knobs each family gets: with several families, a knob only some of them take.
+
+    With one family every knob is passed on (an unknown one is refused by the generator).
+    With several, a knob is given to the families it belongs to; one that belongs to none of
+    them is refused.
+
+    Raises:
+        ValueError: naming the knob(s) no requested family takes.
+    """
+    from boxgym.data.scenes.knobs import FAMILY_KNOBS
+
+    if len(families) == 1:
+        return {families[0]: dict(knobs)}
+    taken = set().union(*(FAMILY_KNOBS[f] for f in families))
+    unknown = sorted(set(knobs) - taken)
+    if unknown:
+        raise ValueError(
+            f"unknown knob(s) {unknown} for families {families}; valid: {sorted(taken)}"
+        )
+    return {f: {k: v for k, v in knobs.items() if k in FAMILY_KNOBS[f]} for f in families}
+
+
 def _index_html(rows: list[dict[str, Any]], title: str) -> str:
     cards = []
     for row in rows:
@@ -203,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
     """Writes images, overlays, tasks.jsonl and index.html for the requested scenes."""
     import sys
 
-    from boxgym.data.scenes import SCENE_FAMILIES, make_scene_task
+    from boxgym.data.scenes import SCENE_FAMILIES, make_scene_task, resolve_knobs
 
     if args.n < 1:
         print("error: --n must be at least 1", file=sys.stderr)
@@ -217,6 +243,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     families = list(SCENE_FAMILIES) if args.family == "all" else [args.family]
+    try:
+        knobs_of = family_knobs(families, knobs)
+        for family in families:  # refuse bad knobs before anything is written
+            resolve_knobs(family, args.difficulty, **knobs_of[family])
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for family in families:
+        skipped = sorted(set(knobs) - set(knobs_of[family]))
+        if skipped:
+            print(f"note: knob(s) {skipped} do not apply to {family}; skipped", file=sys.stderr)
     out: Path = args.out
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
@@ -225,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
         for family in families:
             for seed in range(args.seed, args.seed + args.n):
                 try:
-                    task = make_scene_task(family, seed, args.difficulty, **knobs)
+                    task = make_scene_task(family, seed, args.difficulty, **knobs_of[family])
                 except ValueError as exc:
                     print(f"error: {exc}", file=sys.stderr)
                     return 2

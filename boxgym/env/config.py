@@ -60,20 +60,24 @@ class EnvConfig:
             raise ValueError(
                 f"EnvConfig.reward must be a RewardConfig or a mapping, got {type(self.reward).__name__}"
             )
-        for name in (
-            "max_turns",
-            "max_calls_per_turn",
-            "max_calls",
-            "max_boxes",
-            "max_action_chars",
-            "max_image_pixels",
-            "min_image_pixels",
-            "crop_min_side",
-            "crop_max_pixels",
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"EnvConfig.{name} must be a positive integer, got {value!r}")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type in (int, "int") and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ValueError(
+                    f"EnvConfig.{f.name} must be a positive integer (e.g. {f.default}), "
+                    f"got {value!r} ({type(value).__name__})"
+                )
+            if f.type in (bool, "bool") and not isinstance(value, bool):
+                raise ValueError(
+                    f"EnvConfig.{f.name} must be a boolean (true or false, unquoted in YAML), "
+                    f"got {value!r} ({type(value).__name__})"
+                )
+            if f.type in (str, "str") and not isinstance(value, str):
+                raise ValueError(
+                    f"EnvConfig.{f.name} must be a string, got {value!r} ({type(value).__name__})"
+                )
         if self.coordinate_frame not in FRAMES:
             raise ValueError(
                 f"EnvConfig.coordinate_frame must be one of {FRAMES}, got {self.coordinate_frame!r}"

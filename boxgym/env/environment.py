@@ -16,7 +16,10 @@ model as a message and to the caller in `info`.
     count_correct, count_abs_error, enumeration_f1/precision/recall, grounding_f1/...,
     answer_correct, format, reward, max_reward), failure ("in_progress" until the end, then
     "none", "truncated", "wrong_count", "wrong_items", "wrong_answer", "wrong_point",
-    "poor_grounding", "invalid_calls", "over_budget" or "env_error") and ground_truth.
+    "poor_grounding", "invalid_calls", "over_budget" or "env_error"; a failure kind names a
+    reward component that is scored on the task and fell short, so a maximum-reward episode
+    is "none") and ground_truth. A `step` before `reset` returns only error and failure
+    ("not_reset").
 """
 
 from __future__ import annotations
@@ -388,23 +391,35 @@ class BoxGymEnv(gym.Env[list, str]):
         return metrics
 
     def _failure(self, components: RewardComponents) -> str:
-        task = self._task
-        scores = components.scores
+        """The first scored component that fell short of its best, as a failure kind.
+
+        Only components that are enabled, applicable to the task and weighted above zero are
+        looked at, so an episode at the maximum reward always ends as "none". An episode
+        ends only by an answer or by truncation, so an unanswered one is "truncated".
+        """
         if not self._toolbox.answered:
-            return "truncated" if self._truncated else "no_answer"
-        if task.kind in ("enumerate", "count") and scores.get("count_correct", 1.0) < 1:
-            return "wrong_count"
-        if task.kind == "enumerate" and scores.get("enumeration_f1", 1.0) < 1:
-            return "wrong_items"
-        if task.kind == "verify" and scores["answer_correct"] < 1:
-            return "wrong_answer"
-        if task.kind == "point" and scores["answer_correct"] < 1:
-            return "wrong_point"
-        if scores.get("grounding_f1", 1.0) < 1:
-            return "poor_grounding"
-        if self._invalid_calls or self._empty_turns:
+            return "truncated"
+        config = self.config.reward
+        scored = {name for name in config.applicable(self._task) if getattr(config, name) > 0}
+        scores, values = components.scores, components.values
+        kind = self._task.kind
+        short_of_best = (
+            ("count_exact", "count_correct", "wrong_count"),
+            ("enumeration_f1", "enumeration_f1", "wrong_items"),
+            (
+                "answer_correct",
+                "answer_correct",
+                "wrong_point" if kind == "point" else "wrong_answer",
+            ),
+            ("grounding_f1", "grounding_f1", "poor_grounding"),
+            ("format", "format", "invalid_calls"),
+        )
+        for component, score, failure in short_of_best:
+            if component in scored and scores.get(score, 0.0) < 1:
+                return failure
+        if "invalid_call_penalty" in scored and values.get("invalid_call_penalty", 0.0) < 0:
             return "invalid_calls"
-        if any(components.values.get(name, 0.0) < 0 for name in ("call_penalty", "turn_penalty")):
+        if any(values.get(name, 0.0) < 0 for name in ("call_penalty", "turn_penalty")):
             return "over_budget"
         return "none"
 

@@ -88,18 +88,34 @@ class RewardConfig:
     )
 
     def __post_init__(self) -> None:
+        if isinstance(self.components, str) or not isinstance(self.components, (list, tuple)):
+            raise ValueError(
+                "RewardConfig.components must be a list of component names from "
+                f"{ALL_COMPONENTS}, got {self.components!r}"
+            )
         self.components = tuple(self.components)
         unknown = [c for c in self.components if c not in ALL_COMPONENTS]
         if unknown:
             raise ValueError(f"unknown reward component(s) {unknown}; choose from {ALL_COMPONENTS}")
+        repeated = sorted(c for c, n in Counter(self.components).items() if n > 1)
+        if repeated:
+            raise ValueError(
+                f"reward component(s) {repeated} listed more than once in "
+                "RewardConfig.components; list each once and set its weight to scale it"
+            )
         for f in fields(self):
+            if f.name == "components":
+                continue
             value = getattr(self, f.name)
-            if f.name != "components" and (
-                not isinstance(value, (int, float)) or value < 0 or not math.isfinite(value)
+            whole = f.type in (int, "int")
+            kind = "a whole number" if whole else "a finite number"
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int if whole else (int, float))
+                or value < 0
+                or not math.isfinite(value)
             ):
-                raise ValueError(
-                    f"RewardConfig.{f.name} must be a finite number >= 0, got {value!r}"
-                )
+                raise ValueError(f"RewardConfig.{f.name} must be {kind} >= 0, got {value!r}")
         if not 0 < self.iou_threshold <= 1:
             raise ValueError(
                 f"RewardConfig.iou_threshold must be in (0, 1], got {self.iou_threshold}"

@@ -32,7 +32,13 @@ from boxgym.tools.canvas import (
     resize_array,
     to_rgb_array,
 )
-from boxgym.tools.frames import check_frame, frame_extent, frame_to_pixels, pixels_to_frame
+from boxgym.tools.frames import (
+    QWEN_SCALE,
+    check_frame,
+    frame_extent,
+    frame_to_pixels,
+    pixels_to_frame,
+)
 
 TOOL_NAMES: tuple[str, ...] = ("draw_box", "crop", "label", "remove_box", "answer")
 DRAW_BOX_RETURNS: tuple[str, ...] = ("image", "crop", "both", "text")
@@ -44,6 +50,31 @@ DEFAULT_CROP_MAX_PIXELS = 256 * PATCH * PATCH  # at most 256 image tokens per cr
 CROP_MARGIN = 0.15  # context around a box in draw_box's crop, as a fraction of its sides
 
 Blocks = list[dict[str, Any]]
+
+
+# Decimals kept when coordinates are shown (messages, info) in the float frames.
+SHOWN_DECIMALS: dict[str, int] = {"pixels": 2, "unit": 4}
+FAR_EDGE_NOTE = (
+    f" ({QWEN_SCALE - 1} is the qwen frame's far edge, written {QWEN_SCALE} or {QWEN_SCALE - 1})"
+)
+
+
+def shown_in_frame(
+    coords: tuple[float, ...], frame: str, image_size: tuple[int, int]
+) -> list[float] | list[int]:
+    """Pixel coordinates as shown to the model and in `info`: in `frame`, without float noise.
+
+    The qwen frame gives integers clipped to [0, 999] (`pixels_to_frame`); the pixels and
+    unit frames are rounded to `SHOWN_DECIMALS` places.
+    """
+    values = pixels_to_frame(coords, frame, image_size)
+    digits = SHOWN_DECIMALS.get(frame)
+    return [v if digits is None else round(v, digits) + 0.0 for v in values]
+
+
+def _far_edge_note(frame: str, shown: list[float] | list[int]) -> str:
+    """Says what 999 means when a qwen-frame echo holds it (so 1000 -> 999 is no surprise)."""
+    return FAR_EDGE_NOTE if frame == "qwen" and QWEN_SCALE - 1 in shown else ""
 
 
 @dataclass(frozen=True)
@@ -60,7 +91,7 @@ class DrawnBox:
             "id": self.box_id,
             "label": self.label,
             "image": self.image,
-            "box": list(pixels_to_frame(self.pixels, frame, image_size)),
+            "box": shown_in_frame(self.pixels, frame, image_size),
             "pixels": [round(v, 2) for v in self.pixels],
         }
 
@@ -107,14 +138,29 @@ class Toolbox:
             raise ValueError(
                 f"draw_box_returns must be one of {DRAW_BOX_RETURNS}, got {draw_box_returns!r}"
             )
+        if not isinstance(crop_shows_boxes, bool):
+            raise ValueError(
+                f"crop_shows_boxes must be True or False, got {crop_shows_boxes!r} "
+                f"({type(crop_shows_boxes).__name__})"
+            )
+        limits = {
+            "max_boxes": max_boxes,
+            "max_image_pixels": max_image_pixels,
+            "min_image_pixels": min_image_pixels,
+            "crop_min_side": crop_min_side,
+            "crop_max_pixels": crop_max_pixels,
+        }
+        for name, value in limits.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self._frame = check_frame(coordinate_frame)  # how the model writes coordinates
         self._draw_box_returns = draw_box_returns  # what draw_box shows
-        self._crop_shows_boxes = bool(crop_shows_boxes)
-        self._max_boxes = int(max_boxes)
-        self._max_image_pixels = int(max_image_pixels)
-        self._min_image_pixels = int(min_image_pixels)
-        self._crop_min_side = int(crop_min_side)
-        self._crop_max_pixels = int(crop_max_pixels)
+        self._crop_shows_boxes = crop_shows_boxes
+        self._max_boxes = max_boxes
+        self._max_image_pixels = max_image_pixels
+        self._min_image_pixels = min_image_pixels
+        self._crop_min_side = crop_min_side
+        self._crop_max_pixels = crop_max_pixels
         self._kind = kind
         self._originals: list[np.ndarray] = []  # (H, W, 3) uint8 of each original image
         self._sizes: list[tuple[int, int]] = []  # original (width, height)
@@ -362,7 +408,8 @@ class Toolbox:
             shown = box.to_json(self._frame, self._sizes[index])["box"]
             message = (
                 f'Box {box.box_id} "{text}" drawn at ({", ".join(f"{v:g}" for v in shown)})'
-                f"{' on image 1' if index else ''}. {self._box_summary()}"
+                f"{' on image 1' if index else ''}{_far_edge_note(self._frame, shown)}. "
+                f"{self._box_summary()}"
             )
             draw_marks(self._marked[index], self._working_marks(index)[-1:])
             blocks: Blocks = []
@@ -488,9 +535,16 @@ class Toolbox:
                 if v is not None
             }
             result = as_answer(self._kind, given, self._frame, self._sizes[0])
-            shown = json.dumps(given, default=str)
             self._answer = result
-            return _text(f"Answer recorded: {shown}. The episode is over.")
+            # Echo what was recorded (count 3.0 -> 3), the point back in the model's frame.
+            recorded = {k: v for k, v in result.items() if k != "point"}
+            note = ""
+            if "point" in result:
+                point = shown_in_frame(tuple(result["point"]), self._frame, self._sizes[0])
+                recorded.update(x=point[0], y=point[1])
+                note = _far_edge_note(self._frame, point)
+            shown = json.dumps(recorded)
+            return _text(f"Answer recorded: {shown}{note}. The episode is over.")
 
         return self._run("answer", body)
 

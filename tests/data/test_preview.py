@@ -112,3 +112,25 @@ def test_scenes_help(scenes_only, capsys) -> None:
     text = capsys.readouterr().out
     for word in ("--family", "--difficulty", "--knob", "tasks.jsonl", "object_size"):
         assert word in text
+
+
+def test_scenes_verb_all_families_applies_family_knobs_where_they_belong(
+    tmp_path, scenes_only, capsys
+) -> None:
+    args = ["scenes", "--family", "all", "--n", "1", "--knob", "off_rate=0.5"]
+    assert cli.main([*args, "--out", str(tmp_path)]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "tasks.jsonl").read_text().splitlines()]
+    assert [r["meta"]["knobs"]["off_rate"] for r in rows] == [0.5, 0.0, 0.0]
+    assert (tmp_path / "index.html").is_file()
+    err = capsys.readouterr().err
+    assert "do not apply to shapes" in err and "do not apply to clutter" in err
+
+
+def test_scenes_verb_checks_every_family_before_writing(tmp_path, scenes_only, capsys) -> None:
+    out = tmp_path / "preview"
+    # count 0 is valid for screens and shapes but not for clutter (the last family).
+    assert cli.main(["scenes", "--family", "all", "--knob", "count=[0,3]", "--out", str(out)]) == 2
+    assert "count" in capsys.readouterr().err
+    assert not out.exists()
+    assert cli.main(["scenes", "--family", "all", "--knob", "colour=1", "--out", str(out)]) == 2
+    assert "unknown knob" in capsys.readouterr().err and not out.exists()

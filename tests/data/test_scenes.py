@@ -4,11 +4,16 @@ import json
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from boxgym.data.scenes import DIFFICULTIES, LEVELS, PATCH, SCENE_FAMILIES, make_scene_task
-from boxgym.data.scenes.knobs import COMMON_KNOBS, FAMILY_KNOBS
+from boxgym.data.scenes.knobs import (
+    COMMON_KNOBS,
+    FAMILY_KNOBS,
+    feasibility_problem,
+    validate_knobs,
+)
 from boxgym.data.vocabulary import (
     CLUTTER_KINDS,
     OFF,
@@ -261,6 +266,30 @@ def test_invalid_family_difficulty_seed() -> None:
         make_scene_task("shapes", "1")  # type: ignore[arg-type]
 
 
+def test_feasibility_problem_is_the_check_the_generator_applies() -> None:
+    knobs = dict(
+        count=(2, 6),
+        distractors=(0, 2),
+        object_size=(2.0, 2.0),
+        rotation=0.0,
+        overlap=0.0,
+        grid="aligned",
+        background_noise=0.0,
+        image_size=224,
+    )
+    parsed = validate_knobs(
+        "clutter", {**DIFFICULTIES["clutter"]["medium"], **knobs}, check_feasible=False
+    )
+    problem = feasibility_problem(parsed)
+    assert problem is not None and "8 objects" in problem
+    with pytest.raises(ValueError) as refused:
+        make_scene_task("clutter", 0, "medium", **knobs)
+    assert str(refused.value) == problem
+    for family in FAMILIES:
+        for level in LEVELS:
+            assert feasibility_problem(validate_knobs(family, DIFFICULTIES[family][level])) is None
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     family=st.sampled_from(FAMILIES),
@@ -277,10 +306,7 @@ def test_invalid_family_difficulty_seed() -> None:
 def test_any_valid_knobs_give_consistent_ground_truth(
     family, seed, lo, extra, size, rotation, overlap, grid, noise, side
 ) -> None:
-    task = make_scene_task(
-        family,
-        seed,
-        "medium",
+    knobs = dict(
         count=(lo, lo + extra),
         distractors=(0, 2),
         object_size=(size, size),
@@ -290,6 +316,12 @@ def test_any_valid_knobs_give_consistent_ground_truth(
         background_noise=noise,
         image_size=side,
     )
+    # Only knob sets the generator accepts; the refused ones are tested above.
+    parsed = validate_knobs(
+        family, {**DIFFICULTIES[family]["medium"], **knobs}, check_feasible=False
+    )
+    assume(feasibility_problem(parsed) is None)
+    task = make_scene_task(family, seed, "medium", **knobs)
     assert task.images[0].size == (side, side)
     assert task.count <= lo + extra
     assert task.answer["count"] == len(task.objects)

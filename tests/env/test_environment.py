@@ -319,6 +319,14 @@ def test_env_config_validation_and_yaml_round_trip():
         EnvConfig(max_image_pixels=1000, min_image_pixels=3136)
     with pytest.raises(ValueError, match="exceeds max_calls"):
         EnvConfig(max_calls=5, max_calls_per_turn=10)
+    for field, value, message in [
+        ("crop_shows_boxes", "false", "crop_shows_boxes must be a boolean"),
+        ("system_prompt", 1, "system_prompt must be a boolean"),
+        ("max_turns", 3.0, "max_turns must be a positive integer"),
+        ("coordinate_frame", ["qwen"], "coordinate_frame must be a string"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            EnvConfig.from_dict({field: value})
     config = EnvConfig.from_dict({"max_turns": 4, "reward": {"format": 0.5}})
     assert config.reward.format == 0.5
     assert EnvConfig.from_dict(config.to_dict()) == config
@@ -470,3 +478,38 @@ def test_an_internal_failure_ends_the_episode_without_raising(monkeypatch):
     )
     assert truncated and info["failure"] == "env_error" and "boom" in info["errors"][0]
     assert "failed" in new[-1]["content"][0]["text"]
+
+
+def test_a_perfect_point_answer_on_a_boxed_object_has_no_failure():
+    # Grounding is not scored on point tasks, so a right point is a perfect episode.
+    obj = GroundTruthObject(box=(190.0, 140.0, 210.0, 160.0), label="dot")
+    task = Task(
+        id="pt",
+        images=[Image.new("RGB", (400, 300), (255, 255, 255))],
+        question="Point at the dot.",
+        kind="point",
+        objects=[obj],
+        answer={"point": [200, 150]},
+    )
+    env = BoxGymEnv(tasks=[task])
+    env.reset(seed=0)
+    _, reward, terminated, _, info = env.step(format_tool_call("answer", {"x": 505, "y": 520}))
+    assert terminated and reward == pytest.approx(info["metrics"]["max_reward"]) == 1.2
+    assert info["failure"] == "none"
+
+
+def test_failure_kinds_follow_the_scored_components():
+    task = make_task(3)
+    items = [o.label for o in task.objects]
+    answer = format_tool_call("answer", {"count": 3, "items": items})
+    without_grounding = EnvConfig(
+        reward={"components": ["count_exact", "enumeration_f1", "format"]}
+    )
+    env = BoxGymEnv(tasks=[task], config=without_grounding)
+    env.reset(seed=0)
+    _, reward, _, _, info = env.step(answer)
+    assert reward == pytest.approx(info["metrics"]["max_reward"]) and info["failure"] == "none"
+    env = BoxGymEnv(tasks=[task])  # grounding scored: the same answer without boxes falls short
+    env.reset(seed=0)
+    _, reward, _, _, info = env.step(answer)
+    assert reward < info["metrics"]["max_reward"] and info["failure"] == "poor_grounding"

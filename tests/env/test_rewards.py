@@ -178,4 +178,12 @@ def test_config_validation():
         RewardConfig(format=-1)
     with pytest.raises(ValueError, match="unknown RewardConfig field"):
         RewardConfig.from_dict({"colour": 1})
+    with pytest.raises(ValueError, match=r"\['count_exact'\] listed more than once"):
+        RewardConfig(components=("count_exact", "count_exact", "format"))
+    with pytest.raises(ValueError, match="list of component names"):
+        RewardConfig.from_dict({"components": "count_exact"})
+    with pytest.raises(ValueError, match="free_extra_calls must be a whole number"):
+        RewardConfig(free_extra_calls=2.5)
+    with pytest.raises(ValueError, match="format must be a finite number"):
+        RewardConfig.from_dict({"format": True})
     assert RewardConfig.from_dict(RewardConfig().to_dict()) == RewardConfig()

@@ -249,3 +249,30 @@ def test_arbitrary_arguments_never_raise(name, arguments):
     for picture in images(blocks):
         assert_on_patch_grid(picture)
     assert len(box.boxes) <= 5
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("crop_shows_boxes", "false"), ("crop_shows_boxes", 0), ("max_boxes", 2.5)],
+)
+def test_options_of_the_wrong_type_are_refused(option, value):
+    with pytest.raises(ValueError, match=option):
+        Toolbox([image()], **{option: value})
+
+
+def test_a_far_edge_box_echo_explains_999():
+    tb = toolbox(kind="count", draw_box_returns="text")
+    drawn = text(tb.draw_box(0, 0, 1000, 1000, "screen"))
+    assert "(0, 0, 999, 999) (999 is the qwen frame's far edge" in drawn
+
+
+def test_answer_echoes_the_recorded_value():
+    assert 'Answer recorded: {"count": 3}.' in text(toolbox(kind="count").answer(count=3.0))
+    tb = toolbox(kind="point", coordinate_frame="pixels")
+    assert 'Answer recorded: {"x": 28.8, "y": 5.0}.' in text(tb.answer(x=0.1 * 288, y=5))
+
+
+def test_pixel_frame_boxes_are_shown_without_float_noise():
+    tb = toolbox(coordinate_frame="pixels", draw_box_returns="text")
+    tb.draw_box(0.1 * 288, 10, 0.3 * 288, 50, "screen")  # 0.1 * 288 == 28.799999999999997
+    assert tb._boxes_json()[0]["box"] == [28.8, 10.0, 86.4, 50.0]

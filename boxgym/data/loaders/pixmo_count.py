@@ -12,8 +12,10 @@ image's bytes must hash to it ("image sha256 mismatch" otherwise): a copy that r
 images fails this check on purpose.
 
 Rows with one point per counted object become `enumerate` tasks whose objects are points
-(`GroundTruthObject(box=None, point=(x, y))`), so the reward can score grounding; the others
-become `count` tasks.
+(`GroundTruthObject(box=None, point=(x, y))`); the others become `count` tasks. The points are
+kept as ground truth (episodes, galleries, the reference answer), but the reward does not
+score grounding on these tasks: `grounding_f1` applies only when every object has a box
+(`Task.has_boxes`), so they are scored on the count, the items and the format.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from boxgym.data.scenes.families import (
     make_scene_task,
     resolve_knobs,
 )
-from boxgym.data.scenes.knobs import PATCH, SceneKnobs
+from boxgym.data.scenes.knobs import PATCH, SceneKnobs, feasibility_problem
 
 __all__ = [
     "DIFFICULTIES",
@@ -19,6 +19,7 @@ __all__ = [
     "PATCH",
     "SCENE_FAMILIES",
     "SceneKnobs",
+    "feasibility_problem",
     "make_scene_task",
     "resolve_knobs",
 ]

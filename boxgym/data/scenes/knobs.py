@@ -140,8 +140,16 @@ def _image_size(value: Any) -> tuple[int, int]:
     return out[0], out[1]
 
 
-def validate_knobs(family: str, knobs: dict[str, Any]) -> SceneKnobs:
+def validate_knobs(
+    family: str, knobs: dict[str, Any], *, check_feasible: bool = True
+) -> SceneKnobs:
     """Checks a complete knob dict for one family and returns it as `SceneKnobs`.
+
+    Args:
+        family: the scene family the knobs are for.
+        knobs: every common knob (and any family knob) by name.
+        check_feasible: also refuse knobs whose objects cannot fit (`feasibility_problem`);
+            False checks only each knob's own value.
 
     Raises:
         ValueError: naming the knob, the allowed values and what was given; also for knobs
@@ -180,29 +188,34 @@ def validate_knobs(family: str, knobs: dict[str, Any]) -> SceneKnobs:
         off_rate=_unit("off_rate", knobs.get("off_rate", 0.0)),
         kind=kind,
     )
-    _check_feasible(parsed)
+    problem = feasibility_problem(parsed) if check_feasible else None
+    if problem is not None:
+        raise ValueError(problem)
     return parsed
 
 
-def _check_feasible(k: SceneKnobs) -> None:
-    """Rejects knob sets whose objects cannot fit in the image, with a hint how to fix it."""
+def feasibility_problem(k: SceneKnobs) -> str | None:
+    """Why the objects of `k` cannot fit in its image, with a hint how to fix it; None if they can.
+
+    This is the check `validate_knobs` (and so `make_scene_task`) applies; callers that draw
+    knob sets at random use it to keep only those the generator accepts.
+    """
     w, h = k.image_size
     side = k.object_size[0] * PATCH
     if k.object_size[1] * PATCH * math.sqrt(2) > min(w, h) and k.rotation > 0:
-        raise ValueError(
+        return (
             f"object_size up to {k.object_size[1]:g} patches does not fit a {w}x{h} image once "
             "rotated; lower object_size or raise image_size"
         )
     if k.object_size[1] * PATCH > min(w, h):
-        raise ValueError(
-            f"object_size up to {k.object_size[1]:g} patches is larger than the {w}x{h} image"
-        )
+        return f"object_size up to {k.object_size[1]:g} patches is larger than the {w}x{h} image"
     n = k.count[1] + k.distractors[1]
     # Random packing of squares stalls around half the area; overlap lets objects share area.
     usable = 0.45 * w * h / max(1e-6, 1.0 - k.overlap)
     if n * side * side > usable:
-        raise ValueError(
+        return (
             f"{n} objects (count hi {k.count[1]} + distractors hi {k.distractors[1]}) of at least "
             f"{k.object_size[0]:g} patches cannot be placed in a {w}x{h} image; lower count, "
             "distractors or object_size, raise image_size, or allow more overlap"
         )
+    return None
