@@ -5,8 +5,16 @@ Runs the same N seeded scene tasks through `boxgym.rollouts.runner.run_rollouts`
 episodes per second, the speed-up, and the share of wall time spent outside the policy.
 Acceptance (issue 3): batch 16 reaches at least 4x the episodes/s of batch 1.
 
-    python benchmarks/bench_hf_batching.py [--tasks 16] [--batch 16] [--max-turns 2]
-        [--max-new-tokens 16] [--family screens] [--json OUT]
+Conditions are a real rollout's: the env's default settings (12 turns at most, the default
+system prompt and tools), sampling at temperature 1 and 64 new tokens per turn (the tiny model's
+random weights rarely emit a valid tool call, so most episodes run all their turns). Each batch
+size gets a fresh policy, so encoding the prompts it keeps (the shared system turn, each
+conversation's last prompt) is paid for inside its timing. Run it with one intra-op thread per
+process, as the acceptance figure is stated for:
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_hf_batching.py --threads 1 [--tasks 16]
+        [--batch 16] [--max-turns N] [--max-new-tokens 64] [--family screens]
+        [--no-reuse-prompts] [--json OUT]
 """
 
 from __future__ import annotations
@@ -29,6 +37,13 @@ from boxgym.rollouts.runner import run_rollouts
 from boxgym.rollouts.store import EpisodeStore
 
 
+def make_env(args: argparse.Namespace) -> BoxGymEnv:
+    """The env with its default settings, or `--max-turns` when given."""
+    if args.max_turns is None:
+        return BoxGymEnv(family=args.family)
+    return BoxGymEnv(family=args.family, max_turns=args.max_turns)
+
+
 def run_once(tasks, batch: int, args: argparse.Namespace) -> dict:
     policy = HFPolicy(
         model=args.model,
@@ -38,6 +53,7 @@ def run_once(tasks, batch: int, args: argparse.Namespace) -> dict:
         temperature=1.0,
         max_new_tokens=args.max_new_tokens,
         seed=0,
+        reuse_prompts=not args.no_reuse_prompts,
     )
     policy.act(  # warm-up: first-call allocations and lazy imports stay out of the timing
         [[{"role": "user", "content": [{"type": "text", "text": "warm up"}]}]], tools=[]
@@ -48,7 +64,7 @@ def run_once(tasks, batch: int, args: argparse.Namespace) -> dict:
         stats = run_rollouts(
             tasks,
             policy,
-            lambda: BoxGymEnv(family=args.family, max_turns=args.max_turns),
+            lambda: make_env(args),
             store,
             group_size=1,
             seed=0,
@@ -75,15 +91,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--family", default="screens")
     parser.add_argument("--tasks", type=int, default=16)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--max-turns", type=int, default=2)
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--max-turns", type=int, default=None, help="default: the env's own")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument(
+        "--no-reuse-prompts",
+        action="store_true",
+        help="encode every prompt in full (HFPolicy(reuse_prompts=False)), for comparison",
+    )
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     tasks = [make_scene_task(args.family, seed=i) for i in range(args.tasks)]
-    probe = BoxGymEnv(family=args.family, max_turns=args.max_turns)
+    probe = make_env(args)
     probe.reset(seed=0, options={"task": tasks[0]})
     processor = load_processor(args.model)
     first_prompt = prepare_inputs(processor, [probe.messages], probe.tool_schemas)["input_ids"]
