@@ -1,0 +1,105 @@
+"""The `train` verb: `boxgym train sft --config FILE` and `boxgym train grpo --config FILE`.
+
+Light at import: TRL, transformers and torch load inside `run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+_DESCRIPTIONS = {
+    "sft": "Supervised warm start of a LoRA adapter on the mixture (scripted tool-use episodes "
+    "and dataset tasks, run through the env). Writes TensorBoard logs to OUTPUT_DIR/runs, "
+    "checkpoints to OUTPUT_DIR/checkpoint-N and the adapter to OUTPUT_DIR/adapter.",
+    "grpo": "GRPO on a LoRA adapter with the env behind TRL's environment_factory (tool calls run "
+    "on the env's toolbox, tool images fed back, the env's reward). Writes TensorBoard logs, "
+    "checkpoints and OUTPUT_DIR/adapter.",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
+    sub = parser.add_subparsers(dest="train_command", metavar="{sft,grpo}")
+    for name, description in _DESCRIPTIONS.items():
+        command = sub.add_parser(
+            name,
+            help=description.split(".")[0] + ".",
+            description=description,
+            epilog="Config keys (YAML sections; override any with --set section.key=value):\n"
+            "  model, lora, env, " + ("mixture" if name == "sft" else "tasks") + ", init_adapter, "
+            "resume_from_checkpoint, trainer (passed to trl."
+            + ("SFTConfig" if name == "sft" else "GRPOConfig")
+            + ").\nSee --help-config for every key, and configs/*.yaml for examples.",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        command.add_argument(
+            "--config", metavar="FILE", help=f"YAML run config (configs/{name}_tiny.yaml, ...)."
+        )
+        command.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="Override a config key, dotted, value parsed as YAML; repeatable. "
+            "E.g. --set trainer.max_steps=5 --set lora.rank=16",
+        )
+        command.add_argument("--output-dir", help="Shortcut for --set trainer.output_dir=DIR.")
+        command.add_argument(
+            "--resume", action="store_true", help="Resume from the latest checkpoint in output_dir."
+        )
+        command.add_argument(
+            "--help-config",
+            action="store_true",
+            help="List every config key with its help, then exit.",
+        )
+        command.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="Parse and validate the config, print it, and exit.",
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from boxgym.train.config import GRPORunConfig, SFTRunConfig, describe, load_config
+
+    command = getattr(args, "train_command", None)
+    if command not in ("sft", "grpo"):
+        print(
+            "usage: boxgym train {sft,grpo} --config FILE  (see boxgym train sft --help)",
+            file=sys.stderr,
+        )
+        return 2
+    config_cls = SFTRunConfig if command == "sft" else GRPORunConfig
+    if args.help_config:
+        print("\n".join(describe(config_cls)))
+        return 0
+    overrides = list(args.overrides)
+    if args.output_dir:
+        overrides.append(f"trainer.output_dir={args.output_dir}")
+    if args.resume:
+        overrides.append("resume_from_checkpoint=true")
+    try:
+        config = load_config(config_cls, args.config, overrides)
+    except (ValueError, TypeError) as error:
+        print(f"error: bad config: {error}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(json.dumps(dataclasses.asdict(config), indent=2, default=str))
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if command == "sft":
+        from boxgym.train.sft import run_sft as train
+    else:
+        from boxgym.train.grpo import run_grpo as train
+    try:
+        adapter = train(config)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"adapter: {adapter}")
+    return 0

@@ -1,0 +1,458 @@
+"""Training configs: YAML files parsed into dataclasses, with `--set key=value` overrides.
+
+A run config has sections (`model`, `lora`, `env`, `mixture` or `tasks`) that are boxgym's own
+dataclasses, and a `trainer` section that is passed through to TRL's `SFTConfig`/`GRPOConfig`
+(so every TRL option works, validated by TRL's own dataclass). Overrides use dotted paths:
+`--set lora.rank=16 --set trainer.max_steps=5`; values are parsed as YAML (`true`, `3`, `[a, b]`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# LoRA on the language model's seven projections only: the vision tower stays frozen, and vLLM
+# (which merges LoRA into its weights) never sees a vision-tower adapter it would ignore.
+LANGUAGE_MODEL_TARGETS = (
+    r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+)
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2-style floats: `1e-4` is a float (plain PyYAML reads it as a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text parsed safely, with `1e-4` read as a float."""
+    return yaml.load(text, Loader=_Loader)
+
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+SCENE_FAMILIES = ("screens", "shapes", "clutter")
+LEVELS = ("easy", "medium", "hard")
+
+
+@dataclass
+class ModelSection:
+    """Which model and processor to load, and how images are sized for it."""
+
+    path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Model directory or hub id (e.g. Qwen/Qwen2-VL-2B-Instruct). Empty: the tiny "
+            "offline Qwen2-VL built by `boxgym tiny-model` (built on first use)."
+        },
+    )
+    dtype: str = field(
+        default="float32",
+        metadata={"help": f"Weights dtype, one of {DTYPES}. bfloat16 on a GPU, float32 on a CPU."},
+    )
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={
+            "help": "transformers attention kernel (sdpa, flash_attention_2); empty: default."
+        },
+    )
+    image_min_pixels: int | None = field(
+        default=None,
+        metadata={"help": "Processor min_pixels; empty keeps the processor's value."},
+    )
+    image_max_pixels: int | None = field(
+        default=None,
+        metadata={
+            "help": "Processor max_pixels (caps image tokens: pixels / 784). Empty keeps the "
+            "processor's value. Should match the env's image pixel cap."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"model.dtype must be one of {DTYPES}, got {self.dtype!r}")
+        for name in ("image_min_pixels", "image_max_pixels"):
+            value = getattr(self, name)
+            if value is not None and value < 784:
+                raise ValueError(f"model.{name} must be >= 784 (one 28x28 patch), got {value}")
+        if (
+            self.image_min_pixels is not None
+            and self.image_max_pixels is not None
+            and self.image_min_pixels > self.image_max_pixels
+        ):
+            raise ValueError("model.image_min_pixels must not exceed model.image_max_pixels")
+
+
+@dataclass
+class LoraSection:
+    """The LoRA adapter that is trained (the base model stays frozen)."""
+
+    rank: int = field(default=8, metadata={"help": "LoRA rank r."})
+    alpha: int = field(default=16, metadata={"help": "LoRA alpha (scale = alpha / rank)."})
+    dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input, in [0, 1)."})
+    target_modules: str | list[str] = field(
+        default=LANGUAGE_MODEL_TARGETS,
+        metadata={
+            "help": "A regex matched against full module names, or a list of module-name "
+            "suffixes. Default: the language model's q/k/v/o/gate/up/down projections."
+        },
+    )
+    modules_to_save: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Modules trained in full and saved with the adapter (PEFT modules_to_save), "
+            "e.g. [model.language_model.norm]. The tiny model needs its final norm here: with "
+            "a frozen random 64-wide head, LoRA alone cannot raise any token's logit far."
+        },
+    )
+    qlora: bool = field(
+        default=False,
+        metadata={
+            "help": "Load the base model in 4-bit NF4 (bitsandbytes) and train LoRA on top. "
+            "GPU only; needs `pip install boxgym[qlora]`."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"lora.rank must be >= 1, got {self.rank}")
+        if self.alpha < 1:
+            raise ValueError(f"lora.alpha must be >= 1, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        if not self.target_modules:
+            raise ValueError("lora.target_modules is empty: give a regex or a list of module names")
+
+    def to_peft(self) -> Any:
+        """The `peft.LoraConfig` for this section."""
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.rank,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=self.target_modules,
+            modules_to_save=list(self.modules_to_save) if self.modules_to_save else None,
+            task_type="CAUSAL_LM",
+        )
+
+
+@dataclass
+class EnvSection:
+    """The environment episodes run in (scripted SFT episodes and GRPO rollouts)."""
+
+    family: str = field(
+        default="shapes", metadata={"help": f"Procedural scene family, one of {SCENE_FAMILIES}."}
+    )
+    difficulty: str = field(
+        default="easy", metadata={"help": f"Scene difficulty, one of {LEVELS}."}
+    )
+    scene_knobs: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Extra knobs for make_scene_task (e.g. {min_objects: 1, max_objects: 3})."
+        },
+    )
+    env_kwargs: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "Keyword arguments for boxgym.env.EnvConfig (turn limits, frame, ...)."},
+    )
+    reward_kwargs: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "Keyword arguments for boxgym.env.RewardConfig (component weights)."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.family not in SCENE_FAMILIES:
+            raise ValueError(f"env.family must be one of {SCENE_FAMILIES}, got {self.family!r}")
+        if self.difficulty not in LEVELS:
+            raise ValueError(f"env.difficulty must be one of {LEVELS}, got {self.difficulty!r}")
+
+
+@dataclass
+class MixtureSection:
+    """The SFT mixture: weights per source and where dataset copies live."""
+
+    num_examples: int = field(default=64, metadata={"help": "Rows in the mixed SFT dataset."})
+    seed: int = field(default=0, metadata={"help": "Seed for scene seeds, noise and the mix."})
+    first_scene_seed: int = field(
+        default=0,
+        metadata={
+            "help": "Scripted episodes use scene seeds first_scene_seed, +1, ... (held-out "
+            "evaluation should use seeds outside this range)."
+        },
+    )
+    weights: dict[str, float] = field(
+        default_factory=lambda: {"oracle": 1.0},
+        metadata={
+            "help": "Relative weight per source: oracle, noisy (scripted episodes that fix their "
+            "own mistakes), nlvr2, smol2operator, pixmo_count, countbench. A dataset source "
+            "needs a local path in `paths`."
+        },
+    )
+    paths: dict[str, str] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Local dataset copies by source name (hub ids also work with hub access)."
+        },
+    )
+    splits: dict[str, str] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Split per dataset source; default `train` (`test` for countbench, which "
+            "has no other)."
+        },
+    )
+    noisy_kwargs: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "Keyword arguments for the `noisy` scripted policy (error rates)."},
+    )
+
+    def __post_init__(self) -> None:
+        from boxgym.train.mixture import SOURCES
+
+        if self.num_examples < 1:
+            raise ValueError(f"mixture.num_examples must be >= 1, got {self.num_examples}")
+        unknown = set(self.weights) - set(SOURCES)
+        if unknown:
+            raise ValueError(
+                f"mixture.weights has unknown sources {sorted(unknown)}; known: {SOURCES}"
+            )
+        if any(w < 0 for w in self.weights.values()) or sum(self.weights.values()) <= 0:
+            raise ValueError("mixture.weights must be >= 0 with a positive sum")
+        for source, weight in self.weights.items():
+            if weight > 0 and source not in ("oracle", "noisy") and source not in self.paths:
+                raise ValueError(
+                    f"mixture.weights.{source} > 0 needs mixture.paths.{source} (a local copy or hub id)"
+                )
+
+
+@dataclass
+class TaskSection:
+    """The GRPO prompt dataset: one row per task, rebuilt into a Task by the env adapter's reset."""
+
+    num_tasks: int = field(default=32, metadata={"help": "Rows in the GRPO dataset."})
+    first_seed: int = field(
+        default=100_000, metadata={"help": "Scene seeds first_seed, +1, ... (unseen by SFT)."}
+    )
+    dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "Train on a loader's tasks instead of scenes: nlvr2, aguvis-stage-1, "
+            "aguvis-stage-2, pixmo-count or countbench (needs dataset_path)."
+        },
+    )
+    dataset_path: str | None = field(
+        default=None, metadata={"help": "Local copy (or hub id) of `dataset`."}
+    )
+    dataset_split: str | None = field(
+        default=None, metadata={"help": "Split of `dataset`; empty: the loader's default."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.num_tasks < 1:
+            raise ValueError(f"tasks.num_tasks must be >= 1, got {self.num_tasks}")
+        if self.dataset and not self.dataset_path:
+            raise ValueError("tasks.dataset needs tasks.dataset_path (a local copy or a hub id)")
+
+
+def _default_trainer() -> dict[str, Any]:
+    return {"output_dir": "runs/train", "report_to": ["tensorboard"], "logging_steps": 1}
+
+
+@dataclass
+class SFTRunConfig:
+    """`boxgym train sft`: SFTTrainer + LoRA on the mixture."""
+
+    model: ModelSection = field(
+        default_factory=ModelSection, metadata={"help": "The base model and its processor."}
+    )
+    lora: LoraSection = field(
+        default_factory=LoraSection, metadata={"help": "The LoRA adapter trained on it."}
+    )
+    env: EnvSection = field(
+        default_factory=EnvSection, metadata={"help": "The environment episodes run in."}
+    )
+    mixture: MixtureSection = field(
+        default_factory=MixtureSection, metadata={"help": "Sources and weights of the SFT rows."}
+    )
+    init_adapter: str | None = field(
+        default=None, metadata={"help": "Continue training this LoRA adapter directory."}
+    )
+    resume_from_checkpoint: str | bool | None = field(
+        default=None,
+        metadata={"help": "A checkpoint directory, or true for the latest one in output_dir."},
+    )
+    trainer: dict[str, Any] = field(
+        default_factory=_default_trainer,
+        metadata={"help": "Passed to trl.SFTConfig (output_dir, max_steps, learning_rate, ...)."},
+    )
+
+    def __post_init__(self) -> None:
+        _check_trainer(self.trainer)
+
+
+@dataclass
+class GRPORunConfig:
+    """`boxgym train grpo`: GRPOTrainer + LoRA with the env behind environment_factory."""
+
+    model: ModelSection = field(
+        default_factory=ModelSection, metadata={"help": "The base model and its processor."}
+    )
+    lora: LoraSection = field(
+        default_factory=LoraSection, metadata={"help": "The LoRA adapter trained on it."}
+    )
+    env: EnvSection = field(
+        default_factory=EnvSection, metadata={"help": "The environment episodes run in."}
+    )
+    tasks: TaskSection = field(
+        default_factory=TaskSection, metadata={"help": "The tasks GRPO trains on."}
+    )
+    init_adapter: str | None = field(
+        default=None,
+        metadata={"help": "Start from this LoRA adapter (e.g. the SFT run's output_dir/adapter)."},
+    )
+    resume_from_checkpoint: str | bool | None = field(
+        default=None,
+        metadata={"help": "A checkpoint directory, or true for the latest one in output_dir."},
+    )
+    trainer: dict[str, Any] = field(
+        default_factory=_default_trainer,
+        metadata={"help": "Passed to trl.GRPOConfig (num_generations, use_vllm, vllm_mode, ...)."},
+    )
+
+    def __post_init__(self) -> None:
+        _check_trainer(self.trainer)
+        if self.trainer.get("use_vllm") and self.lora.qlora:
+            raise ValueError(
+                "lora.qlora with trainer.use_vllm is not supported: vLLM loads the "
+                "unquantised base; set lora.qlora=false"
+            )
+
+
+def _check_trainer(trainer: dict[str, Any]) -> None:
+    if not isinstance(trainer, dict):
+        raise ValueError(
+            f"`trainer` must be a mapping of TRL options, got {type(trainer).__name__}"
+        )
+    if not trainer.get("output_dir"):
+        raise ValueError(
+            "trainer.output_dir is required (where checkpoints, logs and the adapter go)"
+        )
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    """Instantiate a (nested) config dataclass from a mapping, rejecting unknown keys."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where or 'config'} must be a mapping, got {type(data).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known: {sorted(known)}"
+            raise ValueError(f"unknown config key {where + key!r}{hint}")
+        section = _SECTIONS.get(key)
+        if section is not None and value is not None:
+            value = _build(section, value, f"{where}{key}.")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+_SECTIONS: dict[str, type] = {
+    "model": ModelSection,
+    "lora": LoraSection,
+    "env": EnvSection,
+    "mixture": MixtureSection,
+    "tasks": TaskSection,
+}
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `key.sub=value` overrides (values parsed as YAML) to a nested mapping in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(
+                f"override {item!r} must look like key=value (e.g. trainer.max_steps=5)"
+            )
+        path, raw = item.split("=", 1)
+        keys = [k for k in path.strip().split(".") if k]
+        if not keys:
+            raise ValueError(f"override {item!r} has an empty key")
+        node = data
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"override {item!r}: {key!r} is not a section")
+            node = child
+        node[keys[-1]] = parse_yaml(raw) if raw.strip() else None
+    return data
+
+
+def load_config(cls: type, path: str | Path | None, overrides: list[str] | None = None) -> Any:
+    """Read a YAML run config, apply overrides, and build `cls` (SFTRunConfig or GRPORunConfig).
+
+    Raises:
+        ValueError: on unknown keys, bad values or a missing file, with a message that says the fix.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise ValueError(f"config file {str(file)!r} does not exist")
+        loaded = parse_yaml(file.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {str(file)!r} must hold a mapping at the top level")
+        data = loaded
+    apply_overrides(data, list(overrides or []))
+    if "trainer" in data:
+        data["trainer"] = {**_default_trainer(), **(data["trainer"] or {})}
+    return _build(cls, data, "")
+
+
+def trl_args(config_cls: type, trainer: dict[str, Any], **forced: Any) -> Any:
+    """Build a TRL config dataclass from the `trainer` section, naming bad keys helpfully."""
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    for key in trainer:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown trainer option {key!r} for {config_cls.__name__}{hint}")
+    return config_cls(**{**trainer, **forced})
+
+
+def device_defaults() -> dict[str, Any]:
+    """Trainer defaults that depend on the machine: bf16 only where a GPU supports it."""
+    import torch
+
+    return {"bf16": bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())}
+
+
+def describe(cls: type, prefix: str = "") -> list[str]:
+    """One `key: help` line per field, nested sections included (for `--help-config`)."""
+    lines: list[str] = []
+    for f in dataclasses.fields(cls):
+        section = _SECTIONS.get(f.name)
+        if section is not None and not prefix:
+            lines.append(f"{f.name}:  {f.metadata.get('help', '')}")
+            lines.extend(describe(section, prefix=f"{f.name}."))
+        else:
+            lines.append(f"  {prefix}{f.name}: {f.metadata.get('help', '')}")
+    return lines

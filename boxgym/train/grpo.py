@@ -1,0 +1,138 @@
+"""`boxgym train grpo`: GRPO on a LoRA adapter with the env behind TRL's `environment_factory`.
+
+Reads top to bottom: the prompt dataset (one row per task: the env's system message and what
+`reset` needs to rebuild the task), the model with its adapter (fresh, or continued from the SFT
+run's `init_adapter`), and `GRPOTrainer` with `BoxGymToolEnv`: TRL generates (transformers on a
+CPU; vLLM colocate or server on GPUs via `trainer.use_vllm`), runs the tool calls on the env's
+toolbox, feeds the tool images back, and takes the env's reward from `get_reward`.
+
+Logged every step besides TRL's own metrics (`reward`, `completions/mean_length`,
+`tools/call_frequency`, ...): `reward/<component>` and `reward/total` from the env, and
+`rollout/count_accuracy`, `rollout/tool_calls`, `rollout/invalid_call_rate`, `rollout/turns`,
+`rollout/answered`, `rollout/calls_<tool>`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from boxgym.train.config import GRPORunConfig, device_defaults, trl_args
+
+log = logging.getLogger(__name__)
+
+
+def grpo_args(config: GRPORunConfig, processor: Any = None) -> Any:
+    """The `trl.GRPOConfig`: the `trainer` section over boxgym's defaults.
+
+    `max_tool_calling_iterations` defaults to the env's turn budget minus one (the first turn is
+    not a tool iteration); on the transformers path the vision special tokens are suppressed in
+    generation (a sampled one would break the image/feature count, TRL #3847).
+    """
+    from trl import GRPOConfig
+
+    from boxgym.env import EnvConfig
+
+    env_config = EnvConfig(**config.env.env_kwargs)
+    defaults: dict[str, Any] = {
+        **device_defaults(),
+        "gradient_checkpointing": False,
+        "save_strategy": "steps",
+        "report_to": ["tensorboard"],
+        "max_tool_calling_iterations": max(1, env_config.max_turns - 1),
+        "log_completions": False,
+    }
+    trainer = {**defaults, **config.trainer}
+    if processor is not None and not trainer.get("use_vllm"):
+        from boxgym.policies.prompting import vision_token_ids
+
+        kwargs = dict(trainer.get("generation_kwargs") or {})
+        kwargs.setdefault("suppress_tokens", vision_token_ids(processor))
+        trainer["generation_kwargs"] = kwargs
+    return trl_args(GRPOConfig, trainer, remove_unused_columns=False)
+
+
+def _trainer_class() -> type:
+    from trl import GRPOTrainer
+
+    from boxgym.train import trl_environment
+
+    class BoxGymGRPOTrainer(GRPOTrainer):
+        """GRPOTrainer that renders the tools in the env's order, marks generation rounds (env
+        turn counting) and logs the env's metrics."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            # TRL lists an environment's tools alphabetically (inspect.getmembers); the env, the
+            # rollouts and the SFT data render them in TOOL_NAMES order. The order is part of the
+            # prompt's tokens, so put TRL's schema lists in the env's order (execution looks
+            # tools up by name and is unaffected).
+            for name, tools in self._env_tools.items():
+                self._env_tools[name] = trl_environment.in_tool_order(tools)
+            self.tools = trl_environment.in_tool_order(self.tools)
+
+        def _generate_single_turn(self, *args: Any, **kwargs: Any) -> Any:
+            trl_environment.GENERATION_ROUND[0] += 1
+            if kwargs.get("has_tool_images"):
+                images = args[1] if len(args) > 1 else kwargs.get("images")
+                trl_environment.TOOL_IMAGE_ROUNDS.append(sum(len(x or []) for x in images or []))
+            return super()._generate_single_turn(*args, **kwargs)
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            episodes = list(trl_environment.EPISODE_LOG)
+            trl_environment.EPISODE_LOG.clear()
+            if episodes and "loss" in logs:
+                keys = sorted({k for e in episodes for k in e})
+                for key in keys:
+                    values = [e[key] for e in episodes if key in e]
+                    logs[key] = sum(values) / len(values)
+                logs["rollout/episodes"] = float(len(episodes))
+                rounds = list(trl_environment.TOOL_IMAGE_ROUNDS)
+                trl_environment.TOOL_IMAGE_ROUNDS.clear()
+                # generations whose inputs held images the tools returned, and how many images
+                logs["rollout/generations_with_tool_images"] = float(len(rounds))
+                logs["rollout/images_in_tool_generations"] = float(sum(rounds))
+            super().log(logs, start_time)
+
+    return BoxGymGRPOTrainer
+
+
+def build_grpo_trainer(config: GRPORunConfig) -> Any:
+    """The configured `GRPOTrainer` (model, adapter, prompt dataset, environment), not yet run."""
+    from datasets import Dataset
+
+    from boxgym.train.modeling import attach_adapter, load_base_model, load_processor
+    from boxgym.train.trl_environment import environment_class, grpo_prompt_rows
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    processor = load_processor(config.model)
+    args = grpo_args(config, processor)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    rows = grpo_prompt_rows(config.env, config.tasks)
+    (output_dir / "tasks.json").write_text(json.dumps([r["task_id"] for r in rows], indent=2))
+    model = attach_adapter(
+        load_base_model(config.model, config.lora), config.lora, config.init_adapter
+    )
+    return _trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=processor,
+        environment_factory=environment_class(config.env),
+    )
+
+
+def run_grpo(config: GRPORunConfig) -> Path:
+    """Train and save the adapter; returns `output_dir/adapter`."""
+    from boxgym.train.modeling import save_adapter
+
+    trainer = build_grpo_trainer(config)
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    adapter_dir = save_adapter(trainer.model, trainer.processing_class, trainer.args.output_dir)
+    trainer.save_state()
+    return adapter_dir
