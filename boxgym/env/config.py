@@ -44,7 +44,7 @@ class EnvConfig:
         default=DEFAULT_CROP_MIN_SIDE, metadata={"help": "crops are upscaled to this short side"}
     )
     crop_max_pixels: int = field(
-        default=DEFAULT_CROP_MAX_PIXELS, metadata={"help": "area cap of a crop"}
+        default=DEFAULT_CROP_MAX_PIXELS, metadata={"help": "area cap of a crop (max_image_pixels caps it too)"}
     )
     system_prompt: bool = field(
         default=True, metadata={"help": "start with a system message of instructions"}
@@ -99,11 +99,13 @@ class EnvConfig:
             raise ValueError(
                 f"EnvConfig.crop_max_pixels must be at least {4 * PATCH * PATCH} (4 patches)"
             )
-        if not self.min_image_pixels <= self.crop_max_pixels <= self.max_image_pixels:
+        # Crops are capped by min(crop_max_pixels, max_image_pixels), so a small image cap needs
+        # no matching crop cap; the floor still has to hold for every image shown.
+        if self.crop_max_pixels < self.min_image_pixels:
             raise ValueError(
-                f"EnvConfig.crop_max_pixels ({self.crop_max_pixels}) must lie within [min_image_pixels, "
-                f"max_image_pixels] ([{self.min_image_pixels}, {self.max_image_pixels}]) so that every image "
-                "shown, crops included, is left unchanged by the processor's resize"
+                f"EnvConfig.crop_max_pixels ({self.crop_max_pixels}) is below min_image_pixels "
+                f"({self.min_image_pixels}); every image shown, crops included, must lie within "
+                "[min_image_pixels, max_image_pixels] so the processor's resize leaves it unchanged"
             )
         if self.max_calls_per_turn > self.max_calls:
             raise ValueError(

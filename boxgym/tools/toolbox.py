@@ -117,7 +117,8 @@ class Toolbox:
         crop_shows_boxes: whether crops show the boxes drawn so far.
         max_boxes: the most boxes alive at once.
         max_image_pixels / min_image_pixels: area bounds of the working images (patch grid).
-        crop_min_side / crop_max_pixels: upscaling target and area cap of crops.
+        crop_min_side / crop_max_pixels: upscaling target and area cap of crops (the smaller of
+            crop_max_pixels and max_image_pixels applies).
     """
 
     def __init__(
@@ -160,7 +161,8 @@ class Toolbox:
         self._max_image_pixels = max_image_pixels
         self._min_image_pixels = min_image_pixels
         self._crop_min_side = crop_min_side
-        self._crop_max_pixels = crop_max_pixels
+        # A crop is an image shown like any other, so the image cap bounds it too.
+        self._crop_max_pixels = min(crop_max_pixels, max_image_pixels)
         self._kind = kind
         self._originals: list[np.ndarray] = []  # (H, W, 3) uint8 of each original image
         self._sizes: list[tuple[int, int]] = []  # original (width, height)

@@ -513,3 +513,25 @@ def test_failure_kinds_follow_the_scored_components():
     env.reset(seed=0)
     _, reward, _, _, info = env.step(answer)
     assert reward < info["metrics"]["max_reward"] and info["failure"] == "poor_grounding"
+
+
+def test_a_small_image_cap_alone_also_caps_crops():
+    """Lowering max_image_pixels needs no matching crop cap: crops stay within it, on the grid."""
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    env = BoxGymEnv(family="shapes", max_image_pixels=224 * 224)
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(
+        '<tool_call>{"name": "crop", "arguments": {"x1": 0, "y1": 0, "x2": 40, "y2": 40}}</tool_call>'
+    )
+    images = [
+        part["image"]
+        for message in env.messages
+        for part in message["content"]
+        if part["type"] == "image"
+    ]
+    assert len(images) == 2, info["errors"]
+    for image in images:
+        width, height = image.size
+        assert width * height <= 224 * 224
+        assert smart_resize(height, width, min_pixels=3136, max_pixels=224 * 224) == (height, width)
