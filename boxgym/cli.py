@@ -14,12 +14,24 @@ import sys
 # verb -> (module, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
     "scenes": ("boxgym.data.preview", "Preview procedural scenes with their ground truth drawn."),
-    "episodes": ("boxgym.rollouts.commands", "Run scripted-policy episodes and write an inspection page."),
-    "rollout": ("boxgym.rollouts.commands", "Run a policy over N tasks x G samples; store episodes and metrics."),
+    "episodes": (
+        "boxgym.rollouts.commands",
+        "Run scripted-policy episodes and write an inspection page.",
+    ),
+    "rollout": (
+        "boxgym.rollouts.commands",
+        "Run a policy over N tasks x G samples; store episodes and metrics.",
+    ),
     "eval": ("boxgym.rollouts.suites", "Run a fixed, seeded evaluation suite through a policy."),
-    "view": ("boxgym.rollouts.commands", "(Re)write index.html and summary.json for a run directory."),
+    "view": (
+        "boxgym.rollouts.commands",
+        "(Re)write index.html and summary.json for a run directory.",
+    ),
     "tiny-model": ("boxgym.testing.tiny_model", "Build the tiny offline Qwen2-VL checkpoint."),
-    "playground": ("boxgym.policies.playground", "Run one free-form prompt through a model; log it."),
+    "playground": (
+        "boxgym.policies.playground",
+        "Run one free-form prompt through a model; log it.",
+    ),
     "data": ("boxgym.data.gallery", "Browse dataset tasks: gallery, inspect, bookmarks."),
     "train": ("boxgym.train.commands", "Train LoRA adapters: `train sft` and `train grpo`."),
 }

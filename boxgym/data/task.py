@@ -105,7 +105,9 @@ class Task:
             raise ValueError(f"a Task has 1 or 2 images, got {len(self.images)}")
         for obj in self.objects:
             if not 0 <= obj.image < len(self.images):
-                raise ValueError(f"object {obj.label!r} refers to image {obj.image}, task has {len(self.images)}")
+                raise ValueError(
+                    f"object {obj.label!r} refers to image {obj.image}, task has {len(self.images)}"
+                )
 
     @property
     def count(self) -> int | None:

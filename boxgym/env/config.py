@@ -44,7 +44,8 @@ class EnvConfig:
         default=DEFAULT_CROP_MIN_SIDE, metadata={"help": "crops are upscaled to this short side"}
     )
     crop_max_pixels: int = field(
-        default=DEFAULT_CROP_MAX_PIXELS, metadata={"help": "area cap of a crop (max_image_pixels caps it too)"}
+        default=DEFAULT_CROP_MAX_PIXELS,
+        metadata={"help": "area cap of a crop (max_image_pixels caps it too)"},
     )
     system_prompt: bool = field(
         default=True, metadata={"help": "start with a system message of instructions"}
