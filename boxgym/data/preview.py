@@ -18,21 +18,10 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-# Distinct, saturated colours that read on light and dark scenes alike (cycled per object).
-BOX_COLOURS: tuple[tuple[int, int, int], ...] = (
-    (230, 25, 75),
-    (60, 180, 75),
-    (0, 130, 200),
-    (245, 130, 48),
-    (145, 30, 180),
-    (70, 240, 240),
-    (240, 50, 230),
-    (210, 245, 60),
-    (0, 128, 128),
-    (170, 110, 40),
-    (255, 225, 25),
-    (128, 0, 0),
-)
+from boxgym.tools.canvas import PALETTE
+
+# The tools' palette (the first twelve colours), so ground truth and model boxes look alike.
+BOX_COLOURS: tuple[tuple[int, int, int], ...] = PALETTE[:12]
 DISTRACTOR_COLOUR = (150, 150, 150)
 FAMILY_CHOICES = ("screens", "shapes", "clutter", "all")
 DENSE = 20  # above this many objects, tags show only the number (labels are in tasks.jsonl)
