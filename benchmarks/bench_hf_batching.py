@@ -1,7 +1,7 @@
 """Benchmark: `hf` rollouts at batch 16 vs batch 1 with the tiny Qwen2-VL on the CPU.
 
 Runs the same N seeded scene tasks through `boxgym.rollouts.runner.run_rollouts` twice with the
-`hf` policy, once one conversation per `generate` call and once `--batch` at a time, and reports
+`hf` policy, once one conversation per policy call and once `--batch` at a time, and reports
 episodes per second, the speed-up, and the share of wall time spent outside the policy.
 Acceptance (issue 3): batch 16 reaches at least 4x the episodes/s of batch 1.
 

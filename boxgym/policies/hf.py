@@ -1,24 +1,29 @@
-"""The `hf` policy: a transformers VLM (optionally with a PEFT LoRA adapter) acting through `generate`.
+"""The `hf` policy: a transformers VLM (optionally with a PEFT LoRA adapter) decoding in batches.
 
-Conversations are rendered by `boxgym.policies.prompting` and generated in batches of
-`batch_size` with left padding.
+Conversations are rendered by `boxgym.policies.prompting` and decoded `batch_size` at a time
+with left padding, by the policy's own loop over the model's forward and KV cache
+(`HFPolicy._decode`): per step one token per live row, logits for the last position only, the
+vision special tokens banned, temperature / top-k / top-p, then an exact inverse-CDF draw from
+the softmax (`draw_from`); rows leave the batch at `<|im_end|>`. On the tiny model on a CPU this
+is what makes batching pay: transformers `generate`'s fixed per-step cost dominated at batch 1
+and its vocabulary-sized passes (a full cumulative sum, an argmax over processed logits) at
+batch 16. Greedy decoding gives `generate`'s tokens (tested, logits included).
 
-Sampling runs inside `generate` as logits processors: after the temperature, top-k and top-p
-warpers, `CategoricalDraw` draws the token from the warped softmax by inverse CDF, and greedy
-decoding keeps it (cheaper than `torch.multinomial` on a CPU, see its docstring). Each batch
-draws from its own generator, seeded from `seed` and the number of batches drawn before, so
-results are reproducible and the global RNG is untouched.
+Every reply draws from its own random stream, seeded from `seed`, the prompt and how many
+replies to that prompt were drawn before: a conversation gets the same reply alone or inside any
+batch, the global RNG is untouched, and `reseed` restarts the streams.
 
 Prompts are not re-encoded from scratch: the policy keeps the keys and values of each prompt it
 encodes and continues the next turn's prompt (and the shared system turn of every conversation)
-from them, which on the tiny model on a CPU makes a 12-turn rollout about 1.7x faster at batch 1
-and 16; see `HFPolicy._continue_from_cache`. `reuse_prompts=False` encodes every prompt in full.
+from them; see `HFPolicy._continue_from_cache`. `reuse_prompts=False` encodes every prompt in
+full.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from functools import cache
 from typing import Any
 
 from boxgym.policies.base import Conversation
@@ -77,62 +82,103 @@ def image_digests(conversation: Conversation) -> tuple[str, ...]:
     return tuple(digests)
 
 
-class BannedTokens:
-    """A logits processor that makes some tokens impossible (here: the vision special tokens).
+@cache
+def roomy_layer():
+    """A transformers `DynamicLayer` subclass that appends keys and values into spare room.
 
-    Same effect as `generate(suppress_tokens=...)`, which rebuilds a vocabulary-sized mask with
-    `torch.isin` at every step (about a tenth of the tiny model's decode time on a CPU); this
-    writes -inf into the few banned columns instead.
+    `DynamicLayer.update` concatenates, copying the whole cache at every decode step (at batch 16
+    on the tiny model that copy is about a sixth of a step); this one keeps `room` free columns
+    after the tokens and writes new ones in place. `keys` and `values` are views of the buffers.
     """
+    import torch
+    from transformers.cache_utils import DynamicLayer
 
-    def __init__(self, token_ids: list[int]) -> None:
-        self.token_ids = list(token_ids)
+    class RoomyLayer(DynamicLayer):
+        room = 64
 
-    def __call__(self, input_ids, scores):
-        scores[:, self.token_ids] = float("-inf")
-        return scores
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+                self._buffers = None
+            length = self.get_seq_length()
+            end = length + key_states.shape[-2]
+            if self._buffers is None or end > self._buffers[0].shape[-2]:
+                shape = (*key_states.shape[:-2], end + self.room, key_states.shape[-1])
+                grown = tuple(key_states.new_empty(shape) for _ in range(2))
+                if length:
+                    grown[0][..., :length, :] = self.keys
+                    grown[1][..., :length, :] = self.values
+                self._buffers = grown
+            self._buffers[0][..., length:end, :] = key_states
+            self._buffers[1][..., length:end, :] = value_states
+            self.keys = self._buffers[0][..., :end, :]
+            self.values = self._buffers[1][..., :end, :]
+            return self.keys, self.values
+
+        def batch_select_indices(self, indices) -> None:
+            if self.get_seq_length() > 0:
+                end = self.keys.shape[-2]
+                self._buffers = tuple(buffer[indices] for buffer in self._buffers)
+                self.keys = self._buffers[0][..., :end, :]
+                self.values = self._buffers[1][..., :end, :]
+
+    del torch
+    return RoomyLayer
 
 
-class CategoricalDraw:
-    """Draws one token per row from softmax(logits) by inverse CDF; greedy decoding then picks it.
+# Vocabulary block size of `draw_from`'s two-level search.
+DRAW_BLOCK = 512
 
-    Returns logits that are 0 at the drawn token and -inf elsewhere. One uniform number per row
-    (a cumulative sum and a binary search) instead of `torch.multinomial`, whose CPU kernel draws
-    an exponential variate for every vocabulary entry: about 3 ms per row and step over Qwen's
-    151k tokens, half of the tiny model's batched decode time. Banned or filtered tokens (-inf)
-    have zero mass and are never drawn.
+
+def draw_from(probs, uniforms):
+    """Per row, the token whose cumulative probability first exceeds `uniforms` x the row's mass.
+
+    An exact inverse-CDF draw from each row of `probs` ([rows, vocab], float) given one uniform
+    number in [0, 1) per row, in two levels: the cumulative sum runs over the sums of blocks of
+    `DRAW_BLOCK` tokens, then inside the one block the target falls in, so the only full-vocabulary
+    pass is one block-wise sum (a full cumulative sum over Qwen's 151,657 tokens costs more than
+    the softmax before it). Tokens of zero probability (banned, filtered) are never drawn.
     """
+    import torch
 
-    def __init__(self, generator) -> None:
-        self.generator = generator
-
-    def __call__(self, input_ids, scores):
-        import torch
-
-        cdf = torch.softmax(scores.float(), dim=-1).cumsum_(dim=-1)
-        uniform = (
-            torch.rand((scores.shape[0], 1), generator=self.generator, device=scores.device)
-            * cdf[:, -1:]
-        )
-        picks = torch.searchsorted(cdf, uniform, right=True).clamp_(max=scores.shape[-1] - 1)
-        drawn = torch.full_like(scores, float("-inf"))
-        return drawn.scatter_(1, picks, 0.0)
+    rows, vocab = probs.shape
+    full = vocab // DRAW_BLOCK
+    sums = probs[:, : full * DRAW_BLOCK].reshape(rows, full, DRAW_BLOCK).sum(-1)
+    if vocab > full * DRAW_BLOCK:
+        sums = torch.cat([sums, probs[:, full * DRAW_BLOCK :].sum(-1, keepdim=True)], dim=1)
+    sums = sums.double()
+    cdf = sums.cumsum(-1)
+    target = uniforms.double().to(probs.device) * cdf[:, -1]
+    numbers = torch.arange(sums.shape[1], device=probs.device)
+    last_block = ((sums > 0) * numbers).amax(-1)  # rounding must not land past the mass
+    block = torch.searchsorted(cdf, target[:, None], right=True).squeeze(1)
+    block = torch.minimum(block, last_block)
+    before = torch.where(block > 0, cdf.gather(1, (block - 1).clamp(min=0)[:, None])[:, 0], 0.0)
+    index = block[:, None] * DRAW_BLOCK + torch.arange(DRAW_BLOCK, device=probs.device)
+    inside = probs.gather(1, index.clamp(max=vocab - 1)).double() * (index < vocab)
+    within = inside.cumsum(-1)
+    rest = (target - before).clamp(min=0.0)
+    pick = torch.searchsorted(within, rest[:, None], right=True).squeeze(1)
+    positions = torch.arange(DRAW_BLOCK, device=probs.device)
+    pick = torch.minimum(pick, ((inside > 0) * positions).amax(-1))
+    return block * DRAW_BLOCK + pick
 
 
 class HFPolicy:
-    """A transformers `generate` policy over Qwen2-VL-style checkpoints.
+    """A transformers policy over Qwen2-VL-style checkpoints, decoding with its own loop.
 
     Args:
         model: checkpoint path or hub name; None means the tiny offline model.
         adapter: directory of a PEFT LoRA adapter to apply (merged for inference).
         device: "auto", "cpu", "cuda", "cuda:1", "mps", ...
         dtype: "auto" (bf16 on a capable GPU, else fp32), "bfloat16", "float16" or "float32".
-        batch_size: conversations per `generate` call.
+        batch_size: conversations decoded together.
         temperature: 0 means greedy decoding.
         top_p: nucleus sampling mass (1.0 is off).
         top_k: top-k sampling (0 is off).
         max_new_tokens: tokens generated per turn at most.
-        seed: base seed; the same seed and calls give the same texts on the same device.
+        seed: base seed of the per-reply random streams (see `_row_uniforms`); the same seed
+            and calls give the same texts on the same device.
         reuse_prompts: continue each prompt from the keys and values of the longest prompt
             already encoded that it extends (see `_continue_from_cache`); the texts are the
             same, the cost is memory for one prompt per live conversation.
@@ -178,6 +224,8 @@ class HFPolicy:
         self.seed = seed
         self.reuse_prompts = reuse_prompts
         self.batches_drawn = 0
+        # prompt digest -> how many times a reply to it was drawn (each draw has its own stream)
+        self._draws: dict[bytes, int] = {}
         self.processor = load_processor(self.model_path)
         net = AutoModelForImageTextToText.from_pretrained(self.model_path, dtype=self.dtype)
         if adapter is not None:
@@ -189,45 +237,20 @@ class HFPolicy:
         self._torch = torch
         self._end_of_turn_id = self.processor.tokenizer.convert_tokens_to_ids(END_OF_TURN)
         self._vision_ids = torch.tensor(vision_token_ids(self.processor), device=self.device)
+        self._stop_ids = torch.tensor(stop_token_ids(self.processor), device=self.device)
         self._pad_id = self.processor.tokenizer.pad_token_id
         # the module whose `rope_deltas` hold 3D rotary offsets (Qwen2-VL's inner model)
         self._rope_owner = getattr(self.model, "model", self.model)
+        head = self.model.get_output_embeddings()
+        # the LM head's weight when the head is a plain bias-free projection after `.model`
+        self._head = (
+            head.weight
+            if self._rope_owner is not self.model and getattr(head, "bias", None) is None
+            else None
+        )
         # prompt token ids -> (per layer (keys, values) of shape [kv heads, tokens, dim],
         # 3D rotary offset of the tokens after it), least recently used first
         self._prompts: dict[PromptKey, tuple[list[Any], int]] = {}
-
-    def generation_kwargs(self, generator=None) -> dict[str, Any]:
-        """The knobs as `generate` keyword arguments (overriding the checkpoint's defaults).
-
-        Decoding is greedy over processed logits: banned vision tokens, then for sampling the
-        temperature, top-k and top-p warpers and a categorical draw from `generator`.
-        """
-        from transformers import (
-            LogitsProcessorList,
-            TemperatureLogitsWarper,
-            TopKLogitsWarper,
-            TopPLogitsWarper,
-        )
-
-        processors: list[Any] = [BannedTokens(vision_token_ids(self.processor))]
-        if self.temperature > 0:
-            if self.temperature != 1.0:
-                processors.append(TemperatureLogitsWarper(self.temperature))
-            if self.top_k > 0:
-                processors.append(TopKLogitsWarper(self.top_k))
-            if self.top_p < 1.0:
-                processors.append(TopPLogitsWarper(self.top_p))
-            processors.append(CategoricalDraw(generator))
-        return {
-            "max_new_tokens": self.max_new_tokens,
-            "eos_token_id": stop_token_ids(self.processor),
-            "pad_token_id": self.processor.tokenizer.pad_token_id,
-            "logits_processor": LogitsProcessorList(processors),
-            "do_sample": False,
-            "temperature": None,
-            "top_p": None,
-            "top_k": None,
-        }
 
     def act(
         self,
@@ -244,26 +267,144 @@ class HFPolicy:
     def _generate(
         self, conversations: list[Conversation], tools: list[dict[str, Any]]
     ) -> list[str]:
+        replies = self._reply_tokens(conversations, tools)
+        decoded = self.processor.tokenizer.batch_decode(replies, skip_special_tokens=False)
+        return [clean_completion(text) for text in decoded]
+
+    def _reply_tokens(
+        self, conversations: list[Conversation], tools: list[dict[str, Any]]
+    ) -> list[list[int]]:
+        """Per conversation, the generated token ids (up to and including a stop token)."""
         torch = self._torch
         inputs = prepare_inputs(self.processor, conversations, tools).to(self.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
-        batch_seed = (self.seed * 1_000_003 + self.batches_drawn) % (2**63)
-        self.batches_drawn += 1
-        generator = torch.Generator(device=self.device).manual_seed(batch_seed)
+        images = [image_digests(conversation) for conversation in conversations]
         with torch.inference_mode():
             if not self.reuse_prompts:
-                ready = dict(inputs)
-                output = self.model.generate(**ready, **self.generation_kwargs(generator))
-            else:
-                images = [image_digests(conversation) for conversation in conversations]
-                ready, columns, used = self._continue_from_cache(inputs, images)
-                output = self.model.generate(**ready, **self.generation_kwargs(generator))
-                self._keep_prompts(ready, columns, images, used)
-        # the rearranged prompt may be wider than the processor's
-        new_tokens = output[:, ready["input_ids"].shape[1] :]
-        decoded = self.processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=False)
-        return [clean_completion(text) for text in decoded]
+                ready = {**inputs, "past_key_values": self._empty_cache()}
+                return self._decode(ready, self._row_uniforms(inputs, images))
+            ready, columns, used = self._continue_from_cache(inputs, images)
+            return self._decode(
+                ready,
+                self._row_uniforms(inputs, images),
+                lambda: self._keep_prompts(ready, columns, images, used),
+            )
+
+    def reseed(self, seed: int) -> None:
+        """Restart every random stream from `seed`, as if the policy had just been built."""
+        self.seed = seed
+        self.batches_drawn = 0
+        self._draws.clear()
+
+    def _row_uniforms(self, inputs, images: list[tuple[str, ...]]):
+        """Per row, `max_new_tokens` uniform numbers: step t of the row's draw uses column t.
+
+        A row's numbers depend only on the seed, its prompt (tokens and image digests) and how
+        many replies to that prompt the policy drew before, so a conversation gets the same reply
+        alone or in any batch, and repeated prompts (a group of one task) get fresh draws.
+        """
+        torch = self._torch
+        self.batches_drawn += 1
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        rows = []
+        for r, own in enumerate(images):
+            tokens = ids[r][mask[r].bool()].to("cpu", torch.int64).numpy().tobytes()
+            digest = hashlib.blake2b(tokens, digest_size=16)
+            digest.update("\n".join(own).encode())
+            prompt = digest.digest()
+            drawn = self._draws.get(prompt, 0)
+            self._draws[prompt] = drawn + 1
+            stream = hashlib.blake2b(prompt, digest_size=8)
+            stream.update(f"{self.seed} {drawn}".encode())
+            generator = torch.Generator().manual_seed(int.from_bytes(stream.digest()) >> 1)
+            rows.append(torch.rand(self.max_new_tokens, generator=generator, dtype=torch.float64))
+        return torch.stack(rows)
+
+    def _next_logits(self, step: dict[str, Any]):
+        """The next-token logits of each row, laid out [vocab, rows], after one forward step.
+
+        The LM head is applied as `weight @ hidden.T` to the last position only: on a CPU that
+        layout is about a quarter faster than `hidden @ weight.T` at 16 rows over Qwen's
+        151,657 tokens, the largest single cost of a batched step with the tiny model.
+        """
+        if self._head is None:
+            return self.model(**step, logits_to_keep=1).logits[:, -1].t()
+        hidden = self._rope_owner(**step).last_hidden_state[:, -1]
+        return self._torch.mm(self._head, hidden.t())
+
+    def _pick(self, logits, uniforms):
+        """One token per row from next-token logits laid out [vocab, rows] (modified in place)."""
+        torch = self._torch
+        logits[self._vision_ids] = float("-inf")
+        if self.temperature == 0:
+            return logits.argmax(0)
+        if self.temperature != 1.0:
+            logits.div_(self.temperature)
+        if self.top_k > 0 or self.top_p < 1.0:
+            from transformers import TopKLogitsWarper, TopPLogitsWarper
+
+            rows = logits.t().contiguous()
+            if self.top_k > 0:
+                rows = TopKLogitsWarper(self.top_k)(None, rows)
+            if self.top_p < 1.0:
+                rows = TopPLogitsWarper(self.top_p)(None, rows)
+            return draw_from(torch.softmax(rows.float(), dim=-1), uniforms)
+        return draw_from(torch.softmax(logits.float(), dim=0).t(), uniforms)
+
+    def _decode(self, ready: dict[str, Any], uniforms, after_prefill=None) -> list[list[int]]:
+        """The replies, decoded one token per step over the model's forward and KV cache.
+
+        The prompt's positions (Qwen2-VL's 3D rotary ones included) are computed once exactly as
+        `generate` computes them, then each step advances them by one. Rows that emit a stop
+        token leave the batch (and the cache); the loop ends when none is left.
+        `after_prefill` runs once the cache holds the prompts (for `_keep_prompts`).
+        """
+        torch = self._torch
+        model = self.model
+        ids, mask, cache = ready["input_ids"], ready["attention_mask"], ready["past_key_values"]
+        past = cache.get_seq_length()
+        extras = {key: value for key, value in ready.items() if key != "input_ids"}
+        positions = model._prepare_position_ids_for_generation(ids, extras)
+        step = {
+            **{key: value for key, value in extras.items() if key != "mm_token_type_ids"},
+            "input_ids": ids[:, past:],
+            "position_ids": positions[..., past:],
+            "use_cache": True,
+        }
+        if "mm_token_type_ids" in ready:
+            step["mm_token_type_ids"] = ready["mm_token_type_ids"][:, past:]
+        rows = ids.shape[0]
+        replies: list[list[int]] = [[] for _ in range(rows)]
+        live = list(range(rows))
+        positions = positions[..., -1:]
+        for index in range(self.max_new_tokens):
+            logits = self._next_logits(step)
+            if index == 0 and after_prefill is not None:
+                after_prefill()
+            tokens = self._pick(logits, uniforms[live, index])
+            for row, token in zip(live, tokens.tolist()):
+                replies[row].append(token)
+            stopped = torch.isin(tokens, self._stop_ids)
+            if index == self.max_new_tokens - 1:
+                break
+            if bool(stopped.any()):
+                keep = (~stopped).nonzero()[:, 0]
+                if keep.numel() == 0:
+                    break
+                live = [live[k] for k in keep.tolist()]
+                tokens, mask, positions = tokens[keep], mask[keep], positions[:, keep]
+                cache.batch_select_indices(keep)
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            positions = positions + 1
+            step = {
+                "input_ids": tokens[:, None],
+                "attention_mask": mask,
+                "position_ids": positions,
+                "past_key_values": cache,
+                "use_cache": True,
+            }
+        return replies
 
     def _continue_from_cache(
         self, inputs, images: list[tuple[str, ...]]
@@ -286,7 +427,7 @@ class HFPolicy:
         computed over the whole prompt as usual.
 
         Returns:
-            The `generate` keyword arguments (inputs rearranged, cache included), per row the
+            The model inputs (rearranged, cache included) for `_decode`, per row the
             columns of its prompt tokens, and the rows' own earlier prompts continued from (the
             new prompts supersede them), for `_keep_prompts`.
         """
@@ -302,7 +443,7 @@ class HFPolicy:
         if any(bool(seen[size:].any()) for seen, size in zip(vision, sizes)) or not any(cached):
             cached = self._shared_first_turn(tokens, vision)
             used = set()
-            # with images, `generate` computes the offsets over the whole prompts; without, 0
+            # with images, `_decode` computes the offsets over the whole prompts; without, 0
             rope_deltas = None if any(bool(seen.any()) for seen in vision) else [0] * rows
         else:
             rope_deltas = [self._prompts[key][1] if key else 0 for key in cached]
@@ -392,9 +533,17 @@ class HFPolicy:
             self._prompts.pop(next(iter(self._prompts)))
 
     def _empty_cache(self):
+        """A `DynamicCache` whose plain layers keep room for `max_new_tokens` more tokens."""
         from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
 
-        return DynamicCache(config=self.model.config)
+        cache = DynamicCache(config=self.model.config)
+        roomy = roomy_layer()
+        for index, layer in enumerate(cache.layers):
+            if type(layer) is DynamicLayer:
+                cache.layers[index] = roomy()
+                cache.layers[index].room = self.max_new_tokens + 1
+        return cache
 
     def _stacked_cache(self, cached, head: int):
         """A `DynamicCache` of `head` columns: each row's kept keys and values, right aligned."""
@@ -421,7 +570,7 @@ class HFPolicy:
         images: list[tuple[str, ...]],
         superseded: set[PromptKey],
     ) -> None:
-        """Keep each row's prompt keys and values (from the cache `generate` filled).
+        """Keep each row's prompt keys and values (from the cache the prefill filled).
 
         The prompts in `superseded` are dropped: each was extended by a row's new prompt.
         """

@@ -59,7 +59,7 @@ def sampler(make_policy):
 
 
 def draw(policy, batch, seed, **knobs):
-    policy.seed, policy.batches_drawn = seed, 0
+    policy.reseed(seed)
     for name, value in knobs.items():
         setattr(policy, name, value)
     return policy.act(batch, TOOLS)
@@ -84,18 +84,6 @@ def test_outputs_never_hold_vision_tokens_or_turn_ends(sampler):
     for text in texts:
         for token in ("<|image_pad|>", "<|vision_start|>", "<|im_end|>", "<|endoftext|>"):
             assert token not in text
-
-
-def test_generation_kwargs_override_checkpoint_defaults(make_policy):
-    policy = make_policy(temperature=0.7, top_p=0.9, seed=0)
-    kwargs = policy.generation_kwargs()
-    assert kwargs["do_sample"] is False  # sampling happens through the Gumbel noise
-    assert kwargs["eos_token_id"] == [151645, 151643]
-    banned, temperature, top_p, noise = kwargs["logits_processor"]
-    assert banned.token_ids == [151652, 151653, 151654, 151655, 151656]
-    assert temperature.temperature == 0.7 and top_p.top_p == 0.9
-    assert type(noise).__name__ == "CategoricalDraw"
-    assert len(make_policy(temperature=0).generation_kwargs()["logits_processor"]) == 1
 
 
 def test_bfloat16_runs(make_policy):
@@ -124,32 +112,160 @@ def test_lora_adapter_is_applied(make_policy, tiny_model_path, tmp_path):
     assert not torch.equal(plain.model.state_dict()[name], adapted.model.state_dict()[name])
 
 
-def test_banned_tokens_can_never_be_sampled():
+@pytest.mark.parametrize("temperature", [0.0, 1.0, 0.7])
+def test_vision_tokens_are_never_picked(sampler, temperature):
     import torch
 
-    from boxgym.policies.hf import BannedTokens
+    sampler.temperature = temperature
+    logits = torch.zeros(151657, 64)  # [vocab, rows]
+    logits[sampler._vision_ids] = 100.0  # all the mass on banned tokens
+    logits[42] = 1.0
+    picks = sampler._pick(logits, torch.rand(64, dtype=torch.float64))
+    assert not torch.isin(picks, sampler._vision_ids).any()
+    if temperature == 0:
+        assert (picks == 42).all()
 
-    scores = torch.zeros(2, 10)
-    scores[:, 3] = 100.0
-    out = BannedTokens([3, 7])(None, scores)
-    assert torch.isinf(out[:, [3, 7]]).all() and (out[:, [0, 9]] == 0).all()
-    assert not torch.multinomial(out.softmax(-1), 50, replacement=True).eq(3).any()
 
-
-def test_categorical_draw_samples_the_softmax():
+def test_draw_from_samples_the_softmax():
     import torch
 
-    from boxgym.policies.hf import CategoricalDraw
+    from boxgym.policies.hf import DRAW_BLOCK, draw_from
 
-    logits = torch.tensor([[2.0, 1.0, 0.0, float("-inf"), 0.5]]).repeat(20000, 1)
-    logits[:, 1] = float("-inf")  # a banned token in the middle
-    draw = CategoricalDraw(torch.Generator().manual_seed(0))
-    out = draw(None, logits.clone())
-    assert ((out == 0).sum(-1) == 1).all()
-    picks = out.argmax(-1)
-    frequencies = torch.bincount(picks, minlength=5).float() / len(picks)
-    assert torch.allclose(frequencies, logits[0].softmax(-1), atol=0.01)
-    assert frequencies[1] == 0 and frequencies[3] == 0
+    vocab = 2 * DRAW_BLOCK + 7  # two full blocks and a short tail
+    logits = torch.full((vocab,), float("-inf"))
+    logits[[0, 5, DRAW_BLOCK - 1, DRAW_BLOCK + 3, vocab - 2]] = torch.tensor(
+        [1.0, 0.0, 2.0, 0.5, 1.5]
+    )
+    probs = logits.softmax(-1).repeat(40000, 1)
+    picks = draw_from(probs, torch.rand(40000, generator=torch.Generator().manual_seed(0)))
+    frequencies = torch.bincount(picks, minlength=vocab).float() / len(picks)
+    assert torch.allclose(frequencies, probs[0], atol=0.01)
+    assert frequencies[probs[0] == 0].sum() == 0
+    edges = torch.tensor([0.0, 1 - 1e-12])  # the extremes land on the first and last live tokens
+    assert draw_from(probs[:2], edges).tolist() == [0, vocab - 2]
+
+
+def test_a_conversation_gets_the_same_reply_alone_or_in_a_batch(sampler):
+    batch = [conversation(color) for color in ("red", "blue", "green", "white")] * 4
+    batch[5] = conversation("black", "Count the shapes.")
+    together = draw(sampler, batch, 4, temperature=1.0, batch_size=16)
+    assert len(set(together)) == 16  # the repeats of one prompt get fresh draws
+    alone = draw(sampler, [batch[5]], 4, batch_size=1)
+    assert alone == [together[5]]
+    first_four = draw(sampler, batch[:4], 4, batch_size=4)
+    assert first_four == together[:4]
+
+
+def test_rows_that_stop_leave_the_batch_without_changing_the_others(sampler):
+    import torch
+
+    batch = [conversation(color) for color in ("red", "blue", "green", "white")]
+    kept, sampler.temperature = sampler._stop_ids, 1.0
+    try:  # half the vocabulary stops a reply: rows stop at different steps
+        sampler._stop_ids = torch.arange(0, 151657, 2)
+        sampler.reseed(9)
+        together = sampler._reply_tokens(batch, TOOLS)
+        alone = []
+        for item in batch:
+            sampler.reseed(9)
+            alone.extend(sampler._reply_tokens([item], TOOLS))
+    finally:
+        sampler._stop_ids = kept
+    assert together == alone
+    assert all(reply[-1] % 2 == 0 or len(reply) == 10 for reply in together)
+    assert len({len(reply) for reply in together}) > 1
+
+
+def three_turns(policy, seed, temperature):
+    """Texts of a 3-turn conversation: an image question, a tool reply with an image, text."""
+    policy.reseed(seed)
+    policy.temperature = temperature
+    policy._prompts.clear()
+    chat = [
+        {"role": "system", "content": [{"type": "text", "text": "You count things."}]},
+        *conversation("red"),
+    ]
+    texts = []
+    for turn in range(3):
+        text = policy.act([chat], TOOLS)[0]
+        texts.append(text)
+        chat.append({"role": "assistant", "content": [{"type": "text", "text": text}]})
+        if turn == 0:
+            chat.append(
+                {
+                    "role": "tool",
+                    "name": "crop",
+                    "content": [
+                        {"type": "image", "image": Image.new("RGB", (56, 28), "blue")},
+                        {"type": "text", "text": "Cropped."},
+                    ],
+                }
+            )
+        else:
+            chat.append({"role": "user", "content": [{"type": "text", "text": "And now?"}]})
+    return texts
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_prompt_reuse_gives_the_same_texts(make_policy, temperature):
+    reusing = make_policy(reuse_prompts=True, max_new_tokens=6)
+    encoding = make_policy(reuse_prompts=False, max_new_tokens=6)
+    texts = three_turns(reusing, 5, temperature)
+    assert len(reusing._prompts) >= 2  # the turns were continued from kept prompts
+    assert texts == three_turns(encoding, 5, temperature)
+
+
+@pytest.mark.parametrize("reuse_prompts", [False, True])
+def test_lean_decoding_matches_generate_step_for_step(make_policy, reuse_prompts):
+    """Same tokens and logits as `model.generate` (Qwen2-VL's 3D rotary positions included)."""
+    import torch
+
+    from boxgym.policies.prompting import prepare_inputs
+
+    policy = make_policy(temperature=0, max_new_tokens=6, reuse_prompts=reuse_prompts)
+    batch = [
+        conversation("red"),
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "image": Image.new("RGB", (112, 28), "blue")},
+                    {"type": "text", "text": "What is the longest side?"},
+                    {"type": "image", "image": Image.new("RGB", (28, 56), "green")},
+                ],
+            }
+        ],
+    ]
+    seen = []
+    pick = policy._pick
+
+    def recording(logits, uniforms):
+        seen.append(logits.t().clone())
+        return pick(logits, uniforms)
+
+    policy._pick = recording
+    policy.act(batch[:1], TOOLS)  # with reuse, the next call continues the shared first turn
+    seen.clear()
+    replies = policy._reply_tokens(batch, TOOLS)
+    inputs = prepare_inputs(policy.processor, batch, TOOLS)
+    with torch.inference_mode():
+        out = policy.model.generate(
+            **inputs,
+            max_new_tokens=6,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            suppress_tokens=policy._vision_ids.tolist(),
+            eos_token_id=policy._stop_ids.tolist(),
+            pad_token_id=policy._pad_id,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+    assert replies == out.sequences[:, inputs["input_ids"].shape[1] :].tolist()
+    assert len(seen) == len(out.logits) == 6
+    for ours, theirs in zip(seen, out.logits):
+        assert torch.allclose(ours, theirs, atol=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -164,3 +280,28 @@ def test_categorical_draw_samples_the_softmax():
 def test_bad_knobs_are_rejected(make_policy, knobs, message):
     with pytest.raises(ValueError, match=message):
         make_policy(**knobs)
+
+
+def test_the_model_head_path_gives_the_same_replies(sampler):
+    """Without a plain LM head the policy calls the whole model; the replies do not change."""
+    batch = [conversation("red"), conversation("blue", "Count them.")]
+    fast = draw(sampler, batch, 3, temperature=1.0, batch_size=2)
+    head, sampler._head = sampler._head, None
+    try:
+        assert draw(sampler, batch, 3) == fast
+    finally:
+        sampler._head = head
+
+
+def test_top_k_and_top_p_keep_only_the_top_tokens(make_policy):
+    import torch
+
+    policy = make_policy(temperature=1.0, top_k=3)
+    logits = torch.zeros(151657, 200)  # [vocab, rows]
+    logits[[10, 20, 30, 40]] = torch.tensor([4.0, 3.0, 2.0, 1.0])[:, None]
+    picks = policy._pick(logits.clone(), torch.rand(200, dtype=torch.float64))
+    assert set(picks.tolist()) == {10, 20, 30}
+    policy.top_k, policy.top_p = 0, 0.5
+    logits[10] = 12.5  # about 64% of the mass: without top_p a third of the picks differ
+    picks = policy._pick(logits.clone(), torch.rand(200, dtype=torch.float64))
+    assert set(picks.tolist()) == {10}
