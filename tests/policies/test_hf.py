@@ -129,7 +129,7 @@ def test_vision_tokens_are_never_picked(sampler, temperature):
 def test_draw_from_samples_the_softmax():
     import torch
 
-    from boxgym.policies.hf import DRAW_BLOCK, draw_from
+    from boxgym.policies.decoding import DRAW_BLOCK, draw_from
 
     vocab = 2 * DRAW_BLOCK + 7  # two full blocks and a short tail
     logits = torch.full((vocab,), float("-inf"))
