@@ -4,7 +4,10 @@ that grows in place. Both import torch/transformers inside, so importing this mo
 
 from __future__ import annotations
 
+from functools import cache
 
+
+@cache
 def roomy_layer():
     """A transformers `DynamicLayer` subclass that appends keys and values into spare room.
 

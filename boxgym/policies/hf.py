@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from functools import cache
 from typing import Any
 
 from boxgym.policies.base import Conversation
@@ -83,7 +82,6 @@ def image_digests(conversation: Conversation) -> tuple[str, ...]:
     return tuple(digests)
 
 
-@cache
 class HFPolicy:
     """A transformers policy over Qwen2-VL-style checkpoints, decoding with its own loop.
 
