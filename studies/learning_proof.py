@@ -26,7 +26,12 @@ METRICS = ("valid_call_rate", "reward", "count_accuracy", "answered", "calls", "
 
 
 def evaluate(
-    adapter: Path, env_section: Any, seeds: list[int], out: Path, temperature: float
+    adapter: Path,
+    env_section: Any,
+    seeds: list[int],
+    out: Path,
+    temperature: float,
+    max_new_tokens: int = 192,
 ) -> dict[str, Any]:
     """Roll the adapter out on scene `seeds` (one sample each); metric means with 95% CIs."""
     from boxgym.policies.hf import HFPolicy
@@ -41,7 +46,7 @@ def evaluate(
         device="cpu",
         dtype="float32",
         temperature=temperature,
-        max_new_tokens=160,
+        max_new_tokens=max_new_tokens,
         batch_size=8,
         seed=0,
     )
@@ -92,6 +97,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--temperature", type=float, default=0.0, help="Evaluation sampling (0: greedy)."
     )
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=192, help="Evaluation tokens per reply at most."
+    )
+    parser.add_argument(
+        "--sft-only", action="store_true", help="Stop after the SFT checks (for quick trials)."
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Extra override for the SFT config (e.g. trainer.learning_rate=2e-2).",
+    )
     args = parser.parse_args(argv)
 
     from boxgym.train.config import GRPORunConfig, SFTRunConfig, load_config
@@ -109,12 +127,15 @@ def main(argv: list[str] | None = None) -> int:
     steps = 0
     adapter = sft_dir / "adapter"
     check_seeds = list(range(300_000, 300_000 + args.check_tasks))
+    evaluate_kw = {"temperature": args.temperature, "max_new_tokens": args.max_new_tokens}
     while steps < args.max_sft_steps:
         steps = min(args.max_sft_steps, steps + args.chunk)
         config = load_config(
             SFTRunConfig,
             ROOT / "configs" / "proof_sft_tiny.yaml",
-            [
+            # the study's own keys come last: --set cannot move the output or the step count
+            list(args.set)
+            + [
                 f"trainer.output_dir={sft_dir}",
                 f"trainer.max_steps={steps}",
                 f"trainer.save_steps={args.chunk}",
@@ -124,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.time()
         adapter = run_sft(config)
         check = evaluate(
-            adapter, config.env, check_seeds, out / f"check_{steps:04d}", args.temperature
+            adapter, config.env, check_seeds, out / f"check_{steps:04d}", **evaluate_kw
         )
         check.update(sft_steps=steps, sft_seconds=round(time.time() - started, 1))
         results["sft_checks"].append(check)
@@ -136,9 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         if (check["valid_call_rate"]["mean"] or 0.0) >= args.target:
             break
     results["sft_steps"] = steps
-    results["sft_state"] = json.loads((sft_dir / "trainer_state.json").read_text())["log_history"][
-        -2:
-    ]
+    results["sft_log"] = json.loads((sft_dir / "trainer_state.json").read_text())["log_history"]
+    save()
+    if args.sft_only:
+        return 0
 
     eval_seeds = list(range(400_000, 400_000 + args.eval_tasks))
     config = load_config(
@@ -151,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         ],
     )
     results["before_grpo"] = evaluate(
-        adapter, config.env, eval_seeds, out / "eval_sft", args.temperature
+        adapter, config.env, eval_seeds, out / "eval_sft", **evaluate_kw
     )
     save()
     started = time.time()
@@ -161,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         "log_history"
     ]
     results["after_grpo"] = evaluate(
-        grpo_adapter, config.env, eval_seeds, out / "eval_grpo", args.temperature
+        grpo_adapter, config.env, eval_seeds, out / "eval_grpo", **evaluate_kw
     )
     save()
     print(json.dumps({k: results[k] for k in ("before_grpo", "after_grpo")}, indent=2))
