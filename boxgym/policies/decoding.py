@@ -62,15 +62,25 @@ def draw_from(probs, uniforms):
     number in [0, 1) per row, in two levels: the cumulative sum runs over the sums of blocks of
     `DRAW_BLOCK` tokens, then inside the one block the target falls in, so the only full-vocabulary
     pass is one block-wise sum (a full cumulative sum over Qwen's 151,657 tokens costs more than
-    the softmax before it). Tokens of zero probability (banned, filtered) are never drawn.
+    the softmax before it). `probs` may be a transposed view of a [vocab, rows] tensor (the `hf`
+    policy's layout); the block sums then run in that layout. Tokens of zero probability (banned,
+    filtered) are never drawn.
     """
     import torch
 
     rows, vocab = probs.shape
     full = vocab // DRAW_BLOCK
-    sums = probs[:, : full * DRAW_BLOCK].reshape(rows, full, DRAW_BLOCK).sum(-1)
+    if rows > 1 and probs.t().is_contiguous():
+        # stored vocabulary-major (the transpose of the policy's [vocab, rows] softmax): sum
+        # the blocks in that layout; reshaping the transposed view would copy the whole of it
+        by_vocab = probs.t()
+        sums = by_vocab[: full * DRAW_BLOCK].view(full, DRAW_BLOCK, rows).sum(1).t()
+        tail = by_vocab[full * DRAW_BLOCK :].sum(0)[:, None]
+    else:
+        sums = probs[:, : full * DRAW_BLOCK].reshape(rows, full, DRAW_BLOCK).sum(-1)
+        tail = probs[:, full * DRAW_BLOCK :].sum(-1, keepdim=True)
     if vocab > full * DRAW_BLOCK:
-        sums = torch.cat([sums, probs[:, full * DRAW_BLOCK :].sum(-1, keepdim=True)], dim=1)
+        sums = torch.cat([sums, tail], dim=1)
     sums = sums.double()
     cdf = sums.cumsum(-1)
     target = uniforms.double().to(probs.device) * cdf[:, -1]

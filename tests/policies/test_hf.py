@@ -145,6 +145,22 @@ def test_draw_from_samples_the_softmax():
     assert draw_from(probs[:2], edges).tolist() == [0, vocab - 2]
 
 
+def test_draw_from_gives_the_same_tokens_in_either_layout():
+    import torch
+
+    from boxgym.policies.decoding import DRAW_BLOCK, draw_from
+
+    generator = torch.Generator().manual_seed(1)
+    by_vocab = torch.randn(5 * DRAW_BLOCK + 33, 16, generator=generator).softmax(0)
+    uniforms = torch.rand(16, generator=generator, dtype=torch.float64)
+    rows_view = by_vocab.t()  # the policy's layout, transposed: not contiguous
+    assert not rows_view.is_contiguous()
+    assert (
+        draw_from(rows_view, uniforms).tolist()
+        == draw_from(rows_view.contiguous(), uniforms).tolist()
+    )
+
+
 def test_a_conversation_gets_the_same_reply_alone_or_in_a_batch(sampler):
     batch = [conversation(color) for color in ("red", "blue", "green", "white")] * 4
     batch[5] = conversation("black", "Count the shapes.")
