@@ -27,6 +27,7 @@ from typing import Any
 
 from boxgym.policies.base import Conversation
 from boxgym.policies.decoding import draw_from, roomy_layer
+from boxgym.policies.image_cache import with_image_cache
 from boxgym.policies.prompting import (
     END_OF_TURN,
     clean_completion,
@@ -144,7 +145,9 @@ class HFPolicy:
         self.batches_drawn = 0
         # prompt digest -> how many times a reply to it was drawn (each draw has its own stream)
         self._draws: dict[bytes, int] = {}
-        self.processor = load_processor(self.model_path)
+        # the shared processor, but each distinct image is processed once (every turn re-renders
+        # the whole conversation, images included)
+        self.processor = with_image_cache(load_processor(self.model_path))
         net = AutoModelForImageTextToText.from_pretrained(self.model_path, dtype=self.dtype)
         if adapter is not None:
             from peft import PeftModel
