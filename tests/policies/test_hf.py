@@ -117,9 +117,9 @@ def test_vision_tokens_are_never_picked(sampler, temperature):
     import torch
 
     sampler.temperature = temperature
-    logits = torch.zeros(151657, 64)  # [vocab, rows]
-    logits[sampler._vision_ids] = 100.0  # all the mass on banned tokens
-    logits[42] = 1.0
+    logits = torch.zeros(64, 151657)  # [rows, vocab]
+    logits[:, sampler._vision_ids] = 100.0  # all the mass on banned tokens
+    logits[:, 42] = 1.0
     picks = sampler._pick(logits, torch.rand(64, dtype=torch.float64))
     assert not torch.isin(picks, sampler._vision_ids).any()
     if temperature == 0:
@@ -256,7 +256,7 @@ def test_lean_decoding_matches_generate_step_for_step(make_policy, reuse_prompts
     pick = policy._pick
 
     def recording(logits, uniforms):
-        seen.append(logits.t().clone())
+        seen.append(logits.clone())
         return pick(logits, uniforms)
 
     policy._pick = recording
@@ -313,11 +313,11 @@ def test_top_k_and_top_p_keep_only_the_top_tokens(make_policy):
     import torch
 
     policy = make_policy(temperature=1.0, top_k=3)
-    logits = torch.zeros(151657, 200)  # [vocab, rows]
-    logits[[10, 20, 30, 40]] = torch.tensor([4.0, 3.0, 2.0, 1.0])[:, None]
+    logits = torch.zeros(200, 151657)  # [rows, vocab]
+    logits[:, [10, 20, 30, 40]] = torch.tensor([4.0, 3.0, 2.0, 1.0])
     picks = policy._pick(logits.clone(), torch.rand(200, dtype=torch.float64))
     assert set(picks.tolist()) == {10, 20, 30}
     policy.top_k, policy.top_p = 0, 0.5
-    logits[10] = 12.5  # about 64% of the mass: without top_p a third of the picks differ
+    logits[:, 10] = 12.5  # about 64% of the mass: without top_p a third of the picks differ
     picks = policy._pick(logits.clone(), torch.rand(200, dtype=torch.float64))
     assert set(picks.tolist()) == {10}
