@@ -104,6 +104,18 @@ def main(argv: list[str] | None = None) -> int:
         "--sft-only", action="store_true", help="Stop after the SFT checks (for quick trials)."
     )
     parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="Continue the SFT from the last checkpoint in --out (its earlier checks are kept).",
+    )
+    parser.add_argument(
+        "--grpo-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Extra override for the GRPO config (e.g. trainer.learning_rate=1e-4).",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -125,9 +137,16 @@ def main(argv: list[str] | None = None) -> int:
 
     sft_dir = out / "sft"
     steps = 0
+    if args.resume:
+        done = [int(path.name.split("-")[1]) for path in sft_dir.glob("checkpoint-*")]
+        steps = max(done, default=0)
+        if (out / "results.json").is_file():
+            earlier = json.loads((out / "results.json").read_text())
+            results["sft_checks"] = earlier.get("sft_checks", [])
     adapter = sft_dir / "adapter"
     check_seeds = list(range(300_000, 300_000 + args.check_tasks))
     evaluate_kw = {"temperature": args.temperature, "max_new_tokens": args.max_new_tokens}
+    resume = args.resume and steps > 0
     while steps < args.max_sft_steps:
         steps = min(args.max_sft_steps, steps + args.chunk)
         config = load_config(
@@ -140,10 +159,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"trainer.max_steps={steps}",
                 f"trainer.save_steps={args.chunk}",
             ]
-            + (["resume_from_checkpoint=true"] if steps > args.chunk else []),
+            + (["resume_from_checkpoint=true"] if resume else []),
         )
         started = time.time()
         adapter = run_sft(config)
+        resume = True
         check = evaluate(
             adapter, config.env, check_seeds, out / f"check_{steps:04d}", **evaluate_kw
         )
@@ -167,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         GRPORunConfig,
         ROOT / "configs" / "proof_grpo_tiny.yaml",
         [
+            *args.grpo_set,
             f"trainer.output_dir={out / 'grpo'}",
             f"trainer.max_steps={args.grpo_steps}",
             f"init_adapter={adapter}",
