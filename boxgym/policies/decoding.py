@@ -97,3 +97,63 @@ def draw_from(probs, uniforms):
     positions = torch.arange(DRAW_BLOCK, device=probs.device)
     pick = torch.minimum(pick, ((inside > 0) * positions).amax(-1))
     return block * DRAW_BLOCK + pick
+
+
+# Proposals per row and step of `draw_by_rejection` before it falls back to `draw_from`.
+REJECTION_TRIES = 16
+
+# Uniform numbers a row uses per step: the fallback's, then (block, position, acceptance) per try.
+UNIFORMS_PER_STEP = 1 + 3 * REJECTION_TRIES
+
+
+def draw_by_rejection(logits, uniforms):
+    """Per row, a token drawn exactly from `softmax(logits)` without a vocabulary-wide softmax.
+
+    Rejection sampling from block maxima: with m_b the largest logit of block b (of `DRAW_BLOCK`
+    tokens) and M the largest of all, a proposal picks block b with probability proportional to
+    size_b * exp(m_b - M), a token t of it uniformly, and is accepted with probability
+    exp(logit_t - m_b). The accepted token has probability exp(logit_t - M) / Z, which is the
+    softmax. The vocabulary-wide work is one max per block (an exponential per token is what a
+    softmax costs: about 2 ms a step for 16 rows over Qwen's 151,657 tokens on this CPU). Each
+    row makes `REJECTION_TRIES` proposals at once; a row whose proposals are all rejected (a flat
+    distribution with a few high logits per block) draws with `draw_from` instead, which is
+    still exact: a draw that follows rejected proposals is a draw from the same softmax.
+
+    Args:
+        logits: [rows, vocab] float; banned tokens at -inf (never drawn).
+        uniforms: [rows, UNIFORMS_PER_STEP] numbers in [0, 1): column 0 is the fallback's, then
+            (block, position, acceptance) for each try.
+    """
+    import torch
+
+    rows, vocab = logits.shape
+    device = logits.device
+    full = vocab // DRAW_BLOCK
+    maxima = logits[:, : full * DRAW_BLOCK].reshape(rows, full, DRAW_BLOCK).amax(-1)
+    sizes = torch.full((full,), DRAW_BLOCK, dtype=torch.long, device=device)
+    if vocab > full * DRAW_BLOCK:
+        maxima = torch.cat([maxima, logits[:, full * DRAW_BLOCK :].amax(-1, keepdim=True)], 1)
+        sizes = torch.cat([sizes, sizes.new_tensor([vocab - full * DRAW_BLOCK])])
+    maxima = maxima.double()
+    top = maxima.amax(-1, keepdim=True)
+    weights = (maxima - top).exp() * sizes  # blocks of banned tokens only weigh 0
+    cdf = weights.cumsum(-1)
+    numbers = torch.arange(weights.shape[1], device=device)
+    last_block = ((weights > 0) * numbers).amax(-1, keepdim=True)
+    uniforms = uniforms.to(device=device, dtype=torch.float64)
+    tries = (uniforms.shape[1] - 1) // 3
+    block_u, position_u, accept_u = (uniforms[:, 1 + k :: 3][:, :tries] for k in range(3))
+    block = torch.searchsorted(cdf, block_u * cdf[:, -1:], right=True)
+    block = torch.minimum(block, last_block)
+    size = sizes[block]
+    token = block * DRAW_BLOCK + torch.minimum((position_u * size).long(), size - 1)
+    chance = (logits.gather(1, token).double() - maxima.gather(1, block)).exp()
+    accepted = accept_u < chance
+    first = accepted.to(torch.uint8).argmax(-1, keepdim=True)  # the first accepted try
+    picks = token.gather(1, first)[:, 0]
+    missed = ~accepted.any(-1)
+    if bool(missed.any()):
+        rest = missed.nonzero()[:, 0]
+        probs = torch.softmax(logits[rest].float(), dim=-1)
+        picks[rest] = draw_from(probs, uniforms[rest, 0])
+    return picks

@@ -3,8 +3,8 @@
 Conversations are rendered by `boxgym.policies.prompting` and decoded `batch_size` at a time
 with left padding, by the policy's own loop over the model's forward and KV cache
 (`HFPolicy._decode`): per step one token per live row, logits for the last position only, the
-vision special tokens banned, temperature / top-k / top-p, then an exact inverse-CDF draw from
-the softmax (`draw_from`); rows leave the batch at `<|im_end|>`. On the tiny model on a CPU this
+vision special tokens banned, temperature / top-k / top-p, then an exact draw from the softmax
+(`draw_by_rejection`, or `draw_from` after top-k / top-p); rows leave the batch at `<|im_end|>`. On the tiny model on a CPU this
 is what makes batching pay: transformers `generate`'s fixed per-step cost dominated at batch 1
 and its vocabulary-sized passes (a full cumulative sum, an argmax over processed logits) at
 batch 16. Greedy decoding gives `generate`'s tokens (tested, logits included).
@@ -26,7 +26,12 @@ import os
 from typing import Any
 
 from boxgym.policies.base import Conversation
-from boxgym.policies.decoding import draw_from, roomy_layer
+from boxgym.policies.decoding import (
+    UNIFORMS_PER_STEP,
+    draw_by_rejection,
+    draw_from,
+    roomy_layer,
+)
 from boxgym.policies.image_cache import with_image_cache
 from boxgym.policies.prompting import (
     END_OF_TURN,
@@ -223,7 +228,7 @@ class HFPolicy:
         self._draws.clear()
 
     def _row_uniforms(self, inputs, images: list[tuple[str, ...]]):
-        """Per row, `max_new_tokens` uniform numbers: step t of the row's draw uses column t.
+        """Per row, uniform numbers [max_new_tokens, UNIFORMS_PER_STEP]: step t uses row t.
 
         A row's numbers depend only on the seed, its prompt (tokens and image digests) and how
         many replies to that prompt the policy drew before, so a conversation gets the same reply
@@ -243,7 +248,13 @@ class HFPolicy:
             stream = hashlib.blake2b(prompt, digest_size=8)
             stream.update(f"{self.seed} {drawn}".encode())
             generator = torch.Generator().manual_seed(int.from_bytes(stream.digest()) >> 1)
-            rows.append(torch.rand(self.max_new_tokens, generator=generator, dtype=torch.float64))
+            rows.append(
+                torch.rand(
+                    (self.max_new_tokens, UNIFORMS_PER_STEP),
+                    generator=generator,
+                    dtype=torch.float64,
+                )
+            )
         return torch.stack(rows)
 
     def _next_logits(self, step: dict[str, Any]):
@@ -301,8 +312,8 @@ class HFPolicy:
                 rows = TopKLogitsWarper(self.top_k)(None, rows)
             if self.top_p < 1.0:
                 rows = TopPLogitsWarper(self.top_p)(None, rows)
-            return draw_from(torch.softmax(rows.float(), dim=-1), uniforms)
-        return draw_from(torch.softmax(logits.float(), dim=-1), uniforms)
+            return draw_from(torch.softmax(rows.float(), dim=-1), uniforms[:, 0])
+        return draw_by_rejection(logits, uniforms)
 
     def _decode(self, ready: dict[str, Any], uniforms, after_prefill=None) -> list[list[int]]:
         """The replies, decoded one token per step over the model's forward and KV cache.

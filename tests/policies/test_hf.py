@@ -4,6 +4,7 @@ import pytest
 from PIL import Image
 
 from boxgym.policies.base import Policy
+from boxgym.policies.decoding import UNIFORMS_PER_STEP
 
 TOOLS = [
     {
@@ -120,7 +121,7 @@ def test_vision_tokens_are_never_picked(sampler, temperature):
     logits = torch.zeros(64, 151657)  # [rows, vocab]
     logits[:, sampler._vision_ids] = 100.0  # all the mass on banned tokens
     logits[:, 42] = 1.0
-    picks = sampler._pick(logits, torch.rand(64, dtype=torch.float64))
+    picks = sampler._pick(logits, torch.rand(64, UNIFORMS_PER_STEP, dtype=torch.float64))
     assert not torch.isin(picks, sampler._vision_ids).any()
     if temperature == 0:
         assert (picks == 42).all()
@@ -143,6 +144,28 @@ def test_draw_from_samples_the_softmax():
     assert frequencies[probs[0] == 0].sum() == 0
     edges = torch.tensor([0.0, 1 - 1e-12])  # the extremes land on the first and last live tokens
     assert draw_from(probs[:2], edges).tolist() == [0, vocab - 2]
+
+
+@pytest.mark.parametrize("spread", [0.5, 4.0])
+def test_draw_by_rejection_samples_the_softmax(spread):
+    """Exact frequencies for a smooth and a spiky distribution (the spiky one often falls back)."""
+    import torch
+
+    from boxgym.policies.decoding import DRAW_BLOCK, UNIFORMS_PER_STEP, draw_by_rejection
+
+    generator = torch.Generator().manual_seed(3)
+    vocab = 3 * DRAW_BLOCK + 11
+    row = torch.randn(vocab, generator=generator) * spread
+    row[[7, DRAW_BLOCK + 1]] = float("-inf")  # banned
+    row[2 * DRAW_BLOCK : 3 * DRAW_BLOCK] = float("-inf")  # a whole banned block
+    logits = row.repeat(60000, 1)
+    uniforms = torch.rand(60000, UNIFORMS_PER_STEP, generator=generator, dtype=torch.float64)
+    picks = draw_by_rejection(logits, uniforms)
+    frequencies = torch.bincount(picks, minlength=vocab).double() / len(picks)
+    expected = row.double().softmax(-1)
+    assert frequencies[expected == 0].sum() == 0
+    # total variation distance against the softmax: sampling noise alone gives about 0.05-0.1
+    assert 0.5 * (frequencies - expected).abs().sum() < 0.12
 
 
 def test_draw_from_gives_the_same_tokens_in_either_layout():
@@ -179,11 +202,11 @@ def test_rows_that_stop_leave_the_batch_without_changing_the_others(sampler):
     kept, sampler.temperature = sampler._stop_ids, 1.0
     try:  # half the vocabulary stops a reply: rows stop at different steps
         sampler._stop_ids = torch.arange(0, 151657, 2)
-        sampler.reseed(9)
+        sampler.reseed(1)
         together = sampler._reply_tokens(batch, TOOLS)
         alone = []
         for item in batch:
-            sampler.reseed(9)
+            sampler.reseed(1)
             alone.extend(sampler._reply_tokens([item], TOOLS))
     finally:
         sampler._stop_ids = kept
@@ -315,9 +338,9 @@ def test_top_k_and_top_p_keep_only_the_top_tokens(make_policy):
     policy = make_policy(temperature=1.0, top_k=3)
     logits = torch.zeros(200, 151657)  # [rows, vocab]
     logits[:, [10, 20, 30, 40]] = torch.tensor([4.0, 3.0, 2.0, 1.0])
-    picks = policy._pick(logits.clone(), torch.rand(200, dtype=torch.float64))
+    picks = policy._pick(logits.clone(), torch.rand(200, UNIFORMS_PER_STEP, dtype=torch.float64))
     assert set(picks.tolist()) == {10, 20, 30}
     policy.top_k, policy.top_p = 0, 0.5
     logits[:, 10] = 12.5  # about 64% of the mass: without top_p a third of the picks differ
-    picks = policy._pick(logits.clone(), torch.rand(200, dtype=torch.float64))
+    picks = policy._pick(logits.clone(), torch.rand(200, UNIFORMS_PER_STEP, dtype=torch.float64))
     assert set(picks.tolist()) == {10}
