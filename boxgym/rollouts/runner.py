@@ -233,6 +233,10 @@ class _Session:
             if ep.done:
                 self.finish(ep.recorder)
                 ep.env.close()
+        if self.bar is not None:
+            # episodes end together at a turn: tqdm skips redraws within `mininterval`, so
+            # without this the bar would show the first of them until the next turn's ends
+            self.bar.refresh()
 
     def finish(self, recorder: EpisodeRecorder) -> None:
         """Store a finished episode and update the counters and the progress bar."""
