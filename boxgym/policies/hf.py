@@ -32,7 +32,7 @@ from boxgym.policies.decoding import (
     draw_from,
     roomy_layer,
 )
-from boxgym.policies.image_cache import with_image_cache
+from boxgym.policies.image_cache import image_key, with_image_cache
 from boxgym.policies.prompting import (
     END_OF_TURN,
     clean_completion,
@@ -83,12 +83,7 @@ def pick_dtype(dtype: str, device: str):
 
 def image_digests(conversation: Conversation) -> tuple[str, ...]:
     """A digest of each image of `conversation` (mode, size and pixels), in prompt order."""
-    digests = []
-    for image in conversation_images(conversation):
-        digest = hashlib.blake2b(image.tobytes(), digest_size=16)
-        digest.update(f"{image.mode} {image.size}".encode())
-        digests.append(digest.hexdigest())
-    return tuple(digests)
+    return tuple(image_key(image).hex() for image in conversation_images(conversation))
 
 
 class HFPolicy:
@@ -177,7 +172,15 @@ class HFPolicy:
             if self._rope_owner is not self.model and getattr(head, "bias", None) is None
             else None
         )
-        self._packed = None  # the head packed for oneDNN, built on first use (`_packed_head`)
+        # on a CPU in float32 with oneDNN, the head runs packed from PACKED_HEAD_MIN_ROWS rows up
+        self._packable = (
+            self._head is not None
+            and self.device == "cpu"
+            and self.dtype == torch.float32
+            and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+        )
+        self._packed = None  # the packed head, built on first use (`_packed_head`)
         # prompt token ids -> (per layer (keys, values) of shape [kv heads, tokens, dim],
         # 3D rotary offset of the tokens after it), least recently used first
         self._prompts: dict[PromptKey, tuple[list[Any], int]] = {}
@@ -271,30 +274,19 @@ class HFPolicy:
         if self._head is None:
             return self.model(**step, logits_to_keep=1).logits[:, -1]
         hidden = self._rope_owner(**step).last_hidden_state[:, -1]
-        if hidden.shape[0] >= PACKED_HEAD_MIN_ROWS and self._packed_head() is not None:
-            return torch.ops.mkldnn._linear_pointwise(hidden, self._packed, None, "none", [], "")
+        if self._packable and hidden.shape[0] >= PACKED_HEAD_MIN_ROWS:
+            packed = self._packed_head()
+            return torch.ops.mkldnn._linear_pointwise(hidden, packed, None, "none", [], "")
         return torch.mm(self._head, hidden.t()).t()
 
     def _packed_head(self):
-        """The LM head weight packed for oneDNN's linear, or None where that does not apply.
-
-        Applies on a CPU in float32 with oneDNN built in; packed once (a second copy of the
-        head: 38.8 MB on the tiny model).
-        """
-        torch = self._torch
+        """The LM head weight packed for oneDNN's linear (a second copy of the head: 38.8 MB on
+        the tiny model), packed on first use."""
         if self._packed is None:
-            usable = (
-                self.device == "cpu"
-                and self.dtype == torch.float32
-                and torch.backends.mkldnn.is_available()
-                and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+            self._packed = self._torch.ops.mkldnn._reorder_linear_weight(
+                self._head, self.batch_size
             )
-            self._packed = (
-                torch.ops.mkldnn._reorder_linear_weight(self._head, self.batch_size)
-                if usable
-                else False
-            )
-        return self._packed if self._packed is not False else None
+        return self._packed
 
     def _pick(self, logits, uniforms):
         """One token per row from next-token logits laid out [rows, vocab] (modified in place)."""
