@@ -75,7 +75,8 @@ def calls_already_made(conversation: Conversation) -> int:
             continue
         for block in message.get("content") or []:
             if isinstance(block, dict) and block.get("type") == "text":
-                total += str(block.get("text", "")).count("<tool_call>")
+                text = str(block.get("text", ""))
+                total += text.count("<tool_call>") + text.count("<|box_start|>")
     return total
 
 
@@ -113,8 +114,30 @@ def answer_arguments(
     return {"x": x, "y": y}
 
 
-def _render(calls: list[Call]) -> str:
-    return "\n".join(format_tool_call(name, args) for name, args in calls)
+CALL_FORMATS: tuple[str, ...] = ("json", "grounding")
+
+
+def _render(calls: list[Call], call_format: str = "json") -> str:
+    """The assistant text of `calls`: Hermes `<tool_call>` JSON, or with `call_format`
+    "grounding", each `draw_box` on image 0 in Qwen2-VL's own grounding format (which the env
+    reads as draw_box in the qwen frame), the other calls as JSON."""
+    if call_format == "json":
+        return "\n".join(format_tool_call(name, args) for name, args in calls)
+    return "\n".join(
+        format_grounding(args)
+        if name == "draw_box" and not args.get("image")
+        else format_tool_call(name, args)
+        for name, args in calls
+    )
+
+
+def format_grounding(args: dict[str, Any]) -> str:
+    """A draw_box call (qwen frame) as `<|object_ref_start|>label<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>`."""
+    x1, y1, x2, y2 = (round(args[k]) for k in ("x1", "y1", "x2", "y2"))
+    return (
+        f"<|object_ref_start|>{args['label']}<|object_ref_end|>"
+        f"<|box_start|>({x1},{y1}),({x2},{y2})<|box_end|>"
+    )
 
 
 class _PlannedPolicy:
@@ -122,10 +145,22 @@ class _PlannedPolicy:
 
     name = "scripted"
 
-    def __init__(self, *, calls_per_turn: int = 8, frame: str = "qwen", seed: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        calls_per_turn: int = 8,
+        frame: str = "qwen",
+        seed: int = 0,
+        call_format: str = "json",
+    ) -> None:
         if calls_per_turn < 1:
             raise ValueError(f"calls_per_turn must be >= 1, got {calls_per_turn}")
+        if call_format not in CALL_FORMATS:
+            raise ValueError(f"call_format must be one of {CALL_FORMATS}, got {call_format!r}")
+        if call_format == "grounding" and frame != "qwen":
+            raise ValueError("call_format 'grounding' writes the qwen frame; use frame='qwen'")
         self.calls_per_turn = int(calls_per_turn)
+        self.call_format = call_format
         self.frame = check_frame(frame)
         self.seed = int(seed)
 
@@ -152,7 +187,7 @@ class _PlannedPolicy:
             chunk = plan[done : done + self.calls_per_turn]
             if not chunk:  # the plan ran out (e.g. the env refused the answer): answer again
                 chunk = [plan[-1]] if plan else [("answer", answer_arguments(task, self.frame))]
-            texts.append(_render(chunk))
+            texts.append(_render(chunk, self.call_format))
         return texts
 
 
@@ -205,8 +240,11 @@ class NoisyPolicy(_PlannedPolicy):
         calls_per_turn: int = 8,
         frame: str = "qwen",
         seed: int = 0,
+        call_format: str = "json",
     ) -> None:
-        super().__init__(calls_per_turn=calls_per_turn, frame=frame, seed=seed)
+        super().__init__(
+            calls_per_turn=calls_per_turn, frame=frame, seed=seed, call_format=call_format
+        )
         for name, rate in (
             ("miss_rate", miss_rate), ("duplicate_rate", duplicate_rate),
             ("wrong_label_rate", wrong_label_rate), ("correction_rate", correction_rate),

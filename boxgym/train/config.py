@@ -224,6 +224,13 @@ class MixtureSection:
         default_factory=dict,
         metadata={"help": "Keyword arguments for the `noisy` scripted policy (error rates)."},
     )
+    oracle_kwargs: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Keyword arguments for the `oracle` scripted policy (e.g. call_format: "
+            "grounding, to draw boxes in Qwen2-VL's own grounding format)."
+        },
+    )
 
     def __post_init__(self) -> None:
         from boxgym.train.mixture import SOURCES

@@ -140,7 +140,7 @@ def build_mixture(mixture: Any, env_section: Any) -> list[dict[str, Any]]:
             kwargs = (
                 {**NOISY_DEFAULTS, "seed": mixture.seed, **mixture.noisy_kwargs}
                 if source == "noisy"
-                else {}
+                else dict(mixture.oracle_kwargs)
             )
             policy = make_policy(source, **kwargs)
             made, seed = 0, mixture.first_scene_seed

@@ -51,6 +51,25 @@ def test_oracle_reaches_max_reward_and_exact_count(family: str) -> None:
         assert info["failure"] == "none"
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_oracle_in_grounding_format_reaches_max_reward(family: str) -> None:
+    oracle = OraclePolicy(call_format="grounding")
+    for i in range(4):
+        task = make_scene_task(family, seed=2000 + i, difficulty="easy")
+        (text,) = oracle.act([[]], [], [SeededTask(task, i)])
+        assert "<|box_start|>" in text and '"draw_box"' not in text
+        reward, info = play(oracle, task, seed=i)
+        assert reward == pytest.approx(info["metrics"]["max_reward"]), info["reward_components"]
+        assert info["metrics"]["grounding_f1"] == 1.0
+
+
+def test_grounding_format_needs_the_qwen_frame() -> None:
+    with pytest.raises(ValueError, match="qwen"):
+        OraclePolicy(call_format="grounding", frame="pixels")
+    with pytest.raises(ValueError, match="call_format"):
+        OraclePolicy(call_format="xml")
+
+
 @pytest.mark.parametrize("frame", ["pixels", "unit"])
 def test_oracle_in_other_coordinate_frames(frame: str) -> None:
     task = make_scene_task("shapes", seed=7, difficulty="easy")
