@@ -21,7 +21,7 @@ $(CORE_STAMP): pyproject.toml constraints.txt | $(BIN)/python
 
 # Everything the test suite needs: torch, transformers, TRL, PEFT, the serving extras.
 $(FULL_STAMP): pyproject.toml constraints.txt | $(BIN)/python
-	$(PIP) install -q -c constraints.txt -e '.[dev,train,serve]'
+	$(PIP) install -q -c constraints.txt -e '.[dev,train,serve,study]'
 	touch $@ $(CORE_STAMP)
 
 demo: $(CORE_STAMP)

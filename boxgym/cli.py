@@ -34,6 +34,10 @@ VERBS: dict[str, tuple[str, str]] = {
     ),
     "data": ("boxgym.data.gallery", "Browse dataset tasks: gallery, inspect, bookmarks."),
     "train": ("boxgym.train.commands", "Train LoRA adapters: `train sft` and `train grpo`."),
+    "study": (
+        "boxgym.studies.commands",
+        "Run one research question's study: a table, a plot and a report with CIs.",
+    ),
 }
 
 

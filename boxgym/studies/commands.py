@@ -1,0 +1,119 @@
+"""The `study` verb: `boxgym study --list`, `boxgym study NAME --model M --out DIR [--quick]`."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import traceback
+
+from boxgym.studies import STUDIES, load_study
+
+
+def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
+    parser.add_argument("name", nargs="?", help=f"The study: one of {', '.join(STUDIES)}.")
+    parser.add_argument("--list", action="store_true", help="List the studies and their settings.")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help='Checkpoint path, hub id (Qwen/Qwen2-VL-2B-Instruct), "seeing" (the tiny model '
+        'trained here) or "tiny" (random weights; the default).',
+    )
+    parser.add_argument("--adapter", default=None, help="A PEFT LoRA adapter directory.")
+    parser.add_argument("--out", default=None, help="Directory for the study's files.")
+    parser.add_argument(
+        "--quick", action="store_true", help="The small version (fewer scenes and conditions)."
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Override a setting (YAML value; dotted keys reach nested ones), e.g. --set n=50 "
+        "--set knobs.count=[1,3]. `--list` shows each study's settings.",
+    )
+    parser.add_argument("--device", default="auto", help='"auto", "cpu", "cuda", ...')
+    parser.add_argument("--dtype", default="auto", help='"auto", "bfloat16", "float32".')
+    parser.add_argument(
+        "--batch-size", type=int, default=16, help="Images per forward pass or decoding batch."
+    )
+    parser.add_argument("--debug", action="store_true", help="Show tracebacks on errors.")
+
+
+def list_studies() -> str:
+    """One block per study: name, question, factors and default settings."""
+    lines = []
+    for name in STUDIES:
+        study = load_study(name)
+        lines.append(f"{name}")
+        lines.append(f"    {study.question}")
+        lines.append(f"    varies: {', '.join(study.factors)}")
+        settings = ", ".join(f"{k}={v!r}" for k, v in study.defaults.items())
+        lines.append(f"    settings: {settings}")
+        quick = ", ".join(f"{k}={v!r}" for k, v in study.quick.items())
+        lines.append(f"    --quick: {quick}")
+    return "\n".join(lines)
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces this run, for the report."""
+    parts = ["boxgym", "study", args.name]
+    for flag in ("model", "adapter", "out"):
+        if getattr(args, flag):
+            parts += [f"--{flag}", str(getattr(args, flag))]
+    if args.quick:
+        parts.append("--quick")
+    for item in args.overrides:
+        parts += ["--set", item]
+    return shlex.join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list:
+        print(list_studies())
+        return 0
+    if not args.name:
+        print(
+            "error: name a study (boxgym study NAME --out DIR); `boxgym study --list` lists them",
+            file=sys.stderr,
+        )
+        return 2
+    if not args.out:
+        print(f"error: --out DIR is required (where {args.name}'s files go)", file=sys.stderr)
+        return 2
+    if args.batch_size < 1:
+        print(f"error: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
+        return 2
+    try:
+        from boxgym.studies.base import resolve_settings
+        from boxgym.studies.lab import Lab
+        from boxgym.studies.runner import run_study
+
+        study = load_study(args.name)
+        settings = resolve_settings(study, args.quick, args.overrides)  # fail before loading
+        lab = Lab(
+            model=args.model,
+            adapter=args.adapter,
+            device=args.device,
+            dtype=args.dtype,
+            batch_size=args.batch_size,
+            max_new_tokens=int(settings.get("max_new_tokens", 32)),
+        )
+        command = command_line(args)
+        result = run_study(
+            study, lab, args.out, quick=args.quick, overrides=args.overrides, command=command
+        )
+    except (ValueError, OSError, ImportError, RuntimeError) as error:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: study {args.name}: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"{args.name}: {len(result['rows'])} conditions in {result['seconds']:.0f} s -> {args.out}"
+    )
+    if result.get("notes"):
+        print(result["notes"])
+    for name in ("results.csv", "plot.png", "report.md", "results.json"):
+        print(f"  {args.out}/{name}")
+    return 0
