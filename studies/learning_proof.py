@@ -93,7 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--eval-tasks", type=int, default=30, help="Held-out tasks before/after GRPO."
     )
-    parser.add_argument("--grpo-steps", type=int, default=8, help="GRPO steps (fixed budget).")
+    parser.add_argument(
+        "--grpo-steps",
+        type=int,
+        default=None,
+        help="GRPO steps (fixed budget; default 8, or the seeing config's).",
+    )
     parser.add_argument(
         "--temperature", type=float, default=0.0, help="Evaluation sampling (0: greedy)."
     )
@@ -122,7 +127,19 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="Extra override for the SFT config (e.g. trainer.learning_rate=2e-2).",
     )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="Run the proof on this model instead (`seeing`, or a seeing checkpoint's path): "
+        "configs/proof_{sft,grpo}_seeing.yaml, fixed SFT and GRPO budgets, held-out count "
+        "accuracy, enumeration F1, grounding F1, valid-call rate and reward before and after GRPO.",
+    )
+    parser.add_argument(
+        "--sft-steps", type=int, default=None, help="With --model: SFT steps (default: config)."
+    )
     args = parser.parse_args(argv)
+    if args.model:
+        return run_seeing_proof(args)
 
     from boxgym.train.config import GRPORunConfig, SFTRunConfig, load_config
     from boxgym.train.grpo import run_grpo
@@ -189,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         [
             *args.grpo_set,
             f"trainer.output_dir={out / 'grpo'}",
-            f"trainer.max_steps={args.grpo_steps}",
+            f"trainer.max_steps={args.grpo_steps or 8}",
             f"init_adapter={adapter}",
         ],
     )
@@ -209,6 +226,95 @@ def main(argv: list[str] | None = None) -> int:
     save()
     print(json.dumps({k: results[k] for k in ("before_grpo", "after_grpo")}, indent=2))
     return 0
+
+
+def run_seeing_proof(args: argparse.Namespace) -> int:
+    """SFT (fixed steps) then GRPO on a seeing model; writes `results.json` and `grpo.png`.
+
+    `results.json`: `{"sft": {...}, "grpo": {"before": {...}, "after": {...}}, ...}` with each
+    held-out metric as `{"mean", "lo", "hi", "n"}`; `--resume` reuses finished stages.
+    """
+    import seeing_proof as sp
+
+    from boxgym.testing.tiny_model import resolve_model
+    from boxgym.train.grpo import run_grpo
+    from boxgym.train.sft import run_sft
+
+    model = resolve_model(args.model)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results_file = out / "results.json"
+    results: dict[str, Any] = {}
+    if args.resume and results_file.is_file():
+        results = json.loads(results_file.read_text())
+    results["args"] = vars(args)
+    results["model"] = model
+
+    def save() -> None:
+        results_file.write_text(json.dumps(results, indent=2))
+
+    sft_config, grpo_config = sp.load_configs(
+        model, out, args.sft_steps, args.grpo_steps, sft_extra=args.set, grpo_extra=args.grpo_set
+    )
+    seeds = sp.eval_seeds(args.eval_tasks)
+    sft_adapter = out / "sft" / "adapter"
+    if not (sft_adapter / "adapter_config.json").is_file() or "sft" not in results:
+        started = time.time()
+        sft_adapter = run_sft(sft_config)
+        results["sft"] = {
+            "steps": sft_config.trainer["max_steps"],
+            "seconds": round(time.time() - started),
+            "log": json.loads((out / "sft" / "trainer_state.json").read_text())["log_history"],
+        }
+        save()
+        print(f"SFT done in {results['sft']['seconds']} s", flush=True)
+    results.setdefault("grpo", {})
+    if "before" not in results["grpo"]:
+        before = sp.evaluate_tools(sft_adapter, model, sft_config.env, seeds, out / "eval_sft")
+        results["grpo"]["before"] = sp.compact(before)
+        results["grpo"]["before_rows"] = before["rows"]
+        results["sft"]["held_out"] = sp.compact(before)
+        save()
+        print("before GRPO:", _headline(before), flush=True)
+    grpo_adapter = out / "grpo" / "adapter"
+    if "after" not in results["grpo"]:
+        started = time.time()
+        grpo_adapter = run_grpo(grpo_config)
+        results["grpo"]["steps"] = grpo_config.trainer["max_steps"]
+        results["grpo"]["seconds"] = round(time.time() - started)
+        results["grpo"]["curve"] = sp.grpo_curve(out / "grpo")
+        after = sp.evaluate_tools(grpo_adapter, model, grpo_config.env, seeds, out / "eval_grpo")
+        results["grpo"]["after"] = sp.compact(after)
+        results["grpo"]["after_rows"] = after["rows"]
+        save()
+        print("after GRPO:", _headline(after), flush=True)
+    sp.plot_grpo(results["grpo"]["curve"], out / "grpo.png")
+    before, after = results["grpo"]["before"], results["grpo"]["after"]
+    results["grpo"]["gain"] = {
+        name: {
+            "before": before[name]["mean"],
+            "after": after[name]["mean"],
+            "cis_disjoint": after[name]["lo"] > before[name]["hi"]
+            or after[name]["hi"] < before[name]["lo"],
+        }
+        for name in sp.PROOF_METRICS
+    }
+    save()
+    print(json.dumps(results["grpo"]["gain"], indent=1))
+    return 0
+
+
+def _headline(summary: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{name} {summary[name]['mean']:.3f} [{summary[name]['lo']:.3f}, {summary[name]['hi']:.3f}]"
+        for name in (
+            "count_accuracy",
+            "enumeration_f1",
+            "grounding_f1",
+            "valid_call_rate",
+            "reward",
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -205,9 +205,24 @@ def default_model_path() -> Path:
 
 
 def resolve_model(model: str | os.PathLike[str] | None) -> str:
-    """A model name or path to load: `model` itself, or the tiny default when it is None/"tiny"."""
+    """A model name or path to load: `model` itself, the tiny default for None/"tiny", or the
+    cached seeing checkpoint for "seeing" (which must have been built: it trains for an hour).
+
+    Raises:
+        FileNotFoundError: "seeing" was asked for and `boxgym tiny-model --seeing` has not run.
+    """
     if model is None or str(model) in ("", "tiny"):
         return str(default_model_path())
+    if str(model) == "seeing":
+        from boxgym.testing.seeing_model import SeeingRecipe, is_built, seeing_model_path
+
+        path = seeing_model_path()
+        if not is_built(path, SeeingRecipe()):
+            raise FileNotFoundError(
+                f"the seeing tiny model is not built yet ({path}); build it once with "
+                "`boxgym tiny-model --seeing` (about an hour on 2 CPU cores), or pass its --out path"
+            )
+        return str(path)
     return str(model)
 
 
@@ -219,9 +234,29 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
         "$BOXGYM_CACHE or ~/.cache/boxgym).",
     )
     parser.add_argument("--seed", type=int, default=SEED, help="Seed for the random weights.")
+    parser.add_argument(
+        "--seeing",
+        action="store_true",
+        help="Build the SEEING tiny model instead: trained here on procedural scenes to count, "
+        "ground and list (resumable and cached; see docs/models.md). Default --out: the cache.",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="With --seeing: override a field of the training recipe (repeatable), e.g. "
+        "--set full_steps=1000. Another recipe is another cache entry.",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="With --seeing: torch threads (default: torch's)."
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.seeing:
+        from boxgym.testing.seeing_model import run_cli
+
+        return run_cli(args)
     if args.out is None:
         path = default_model_path()
     else:

@@ -91,8 +91,12 @@ def sft_args(config: SFTRunConfig) -> Any:
     )
 
 
-def run_sft(config: SFTRunConfig) -> Path:
-    """Train and save the adapter; returns `output_dir/adapter`."""
+def run_sft(config: SFTRunConfig, rows: list[dict[str, Any]] | None = None) -> Path:
+    """Train and save the adapter; returns `output_dir/adapter`.
+
+    `rows` (conversations in the mixture's row format) replace the configured mixture, for
+    studies that train on rows they build themselves.
+    """
     from boxgym.train.collator import ConversationCollator
     from boxgym.train.mixture import build_mixture, mixture_counts, to_sft_dataset
     from boxgym.train.modeling import attach_adapter, load_base_model, load_processor, save_adapter
@@ -101,7 +105,8 @@ def run_sft(config: SFTRunConfig) -> Path:
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
-    rows = build_mixture(config.mixture, config.env)
+    if rows is None:
+        rows = build_mixture(config.mixture, config.env)
     counts = mixture_counts(rows)
     log.info("SFT mixture: %d rows %s", len(rows), counts)
     (output_dir / "mixture.json").write_text(

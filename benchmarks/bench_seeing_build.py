@@ -1,0 +1,94 @@
+"""The seeing model's build speed: training steps per second in each stage, and the minutes a
+build took to reach 0.9 held-out count accuracy.
+
+    python benchmarks/bench_seeing_build.py                    # time 20 steps of each stage
+    python benchmarks/bench_seeing_build.py --from-build DIR   # also read a finished build's log
+
+The step timing runs the default recipe's model and batches (fresh weights, one torch thread
+unless --threads) for `--steps` steps of the counting stage and of the full stage; the first
+step of each is a warm-up and is not counted. `--from-build` reads `training_log.json` of a
+finished build (its held-out checks, every 100 steps on 128 unseen scenes, greedy first token)
+and reports the first check at or above 0.9 and the average steps per second of the build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+
+def time_steps(threads: int, steps: int) -> dict[str, float]:
+    import torch
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from boxgym.testing.seeing_model import (
+        Batcher,
+        SeeingRecipe,
+        reply_loss,
+        reply_vocabulary,
+        seeing_config,
+        training_examples,
+        use_linear_patch_embedding,
+    )
+    from boxgym.testing.tiny_model import build_processor
+
+    torch.set_num_threads(threads)
+    recipe = SeeingRecipe()
+    batcher = Batcher(build_processor())
+    vocab = reply_vocabulary(batcher)
+    torch.manual_seed(0)
+    model = Qwen2VLForConditionalGeneration(seeing_config(recipe))
+    use_linear_patch_embedding(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    generator = torch.Generator().manual_seed(0)
+    out: dict[str, float] = {}
+    for stage, first in (("count", 0), ("full", recipe.count_steps + recipe.full_steps // 2)):
+        seconds = []
+        for i in range(steps + 1):
+            started = time.perf_counter()
+            batch = batcher(training_examples(recipe, first + i))
+            loss = reply_loss(model, batch, recipe, vocab, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if i:
+                seconds.append(time.perf_counter() - started)
+        out[f"{stage}_steps_per_second"] = round(1 / statistics.median(seconds), 3)
+        out[f"{stage}_seconds_per_step_median"] = round(statistics.median(seconds), 3)
+    return out
+
+
+def from_build(path: Path) -> dict[str, object]:
+    log = json.loads((path / "training_log.json").read_text())
+    results = json.loads((path / "results.json").read_text())
+    first = next(((s, m, a) for s, m, a in log["checks"] if a >= 0.9), None)
+    return {
+        "steps": log["step"],
+        "train_minutes": results.get("minutes"),
+        "steps_per_second": round(log["step"] / log["seconds"], 3),
+        "first_check_at_or_above_0.9": (
+            {"step": first[0], "minutes": first[1], "accuracy": first[2]} if first else None
+        ),
+        "count_stage_minutes": log.get("count_stage_minutes"),
+        "final_count_accuracy": results["count"]["accuracy"],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--from-build", type=Path, default=None)
+    args = parser.parse_args()
+    report: dict[str, object] = {"threads": args.threads, **time_steps(args.threads, args.steps)}
+    if args.from_build:
+        report["build"] = from_build(args.from_build)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,179 @@
+"""The seeing tiny model's build, on a few steps: the loss falls, the checkpoint reloads with plain
+transformers and answers, the cache is reused, a killed build resumes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import pytest
+
+from boxgym.testing.seeing_model import (
+    SeeingRecipe,
+    build_seeing_model,
+    lr_at,
+    max_objects_for_step,
+    recipe_with,
+    skills_for_step,
+    train_seed,
+)
+from boxgym.testing.seeing_scoring import read_boxes, read_count, score_replies
+from boxgym.testing.seeing_tasks import EVAL_SEEDS_END, SKILLS, make_example
+
+pytestmark = pytest.mark.slow
+
+SMALL = replace(
+    SeeingRecipe(),
+    text_layers=2,
+    count_steps=6,
+    full_steps=6,
+    batch_size=4,
+    warmup_steps=2,
+    lr=3e-3,
+)
+BUILD_KW = dict(
+    threads=1,
+    save_every=3,
+    check_every=3,
+    ground_check_every=100,
+    check_scenes=4,
+    eval_scenes=6,
+    ground_eval_scenes=3,
+    progress=False,
+)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("seeing") / "model"
+    started = time.time()
+    build_seeing_model(out, SMALL, **BUILD_KW)
+    return out, time.time() - started
+
+
+def test_training_and_evaluation_seeds_are_disjoint():
+    recipe = SeeingRecipe()
+    assert min(train_seed(recipe, 0, row) for row in range(recipe.batch_size)) >= EVAL_SEEDS_END
+    assert all(make_example(s, 12).seed < EVAL_SEEDS_END for s in SKILLS)
+
+
+def test_the_count_stage_only_counts_and_the_curriculum_grows():
+    recipe = SeeingRecipe()
+    assert set(skills_for_step(recipe, 0)) <= {"count", "count_clutter"}
+    full = set().union(*(skills_for_step(recipe, recipe.count_steps + i) for i in range(20)))
+    assert full == set(SKILLS)
+    assert max_objects_for_step(recipe, recipe.count_steps) == 2
+    assert max_objects_for_step(recipe, recipe.total_steps - 1) == 5
+    # warm-up then decay, restarted per stage
+    assert lr_at(recipe, 0) < lr_at(recipe, recipe.warmup_steps) == pytest.approx(recipe.lr)
+    assert lr_at(recipe, recipe.count_steps - 1) < 0.1 * recipe.lr
+    assert lr_at(recipe, recipe.count_steps) < lr_at(recipe, recipe.count_steps + 60)
+
+
+def test_loss_falls_and_results_are_written(built):
+    out, _ = built
+    log = json.loads((out / "training_log.json").read_text())
+    losses = [loss for _, loss in log["losses"]]
+    assert log["step"] == SMALL.total_steps
+    assert losses[-1] < losses[0] - 0.5, losses
+    results = json.loads((out / "results.json").read_text())
+    accuracy = results["count"]["accuracy"]
+    assert accuracy["lo"] <= accuracy["mean"] <= accuracy["hi"]
+    assert 0 < results["count"]["majority_baseline"] <= 1
+    for skill, name in (("ground", "precision"), ("ground", "recall"), ("list", "f1")):
+        assert results[skill][name]["n"] == 3
+    assert results["steps"] == SMALL.total_steps
+
+
+def test_checkpoint_answers_through_plain_transformers(built):
+    import torch
+    from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+
+    out, _ = built
+    model = Qwen2VLForConditionalGeneration.from_pretrained(out)
+    processor = AutoProcessor.from_pretrained(out)
+    example = make_example("count", 3)
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "image": example.image},
+                {"type": "text", "text": "How many shapes are there?"},
+            ],
+        }
+    ]
+    inputs = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        output = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert output.shape[1] > inputs["input_ids"].shape[1]
+    assert model.config.text_config.hidden_size == SMALL.text_hidden
+
+
+def test_second_build_reuses_the_cache(built):
+    out, first_seconds = built
+    started = time.time()
+    assert build_seeing_model(out, SMALL, **BUILD_KW) == out.resolve()
+    assert time.time() - started < 1.0 < first_seconds
+
+
+def test_another_recipe_in_the_same_folder_is_refused(built):
+    out, _ = built
+    with pytest.raises(FileExistsError, match="choose an empty --out"):
+        build_seeing_model(out, replace(SMALL, seed=1), **BUILD_KW)
+
+
+def test_killed_build_resumes_from_its_partial_state(tmp_path):
+    out = tmp_path / "model"
+    recipe = replace(SMALL, full_steps=12)
+    code = (
+        "import sys; from dataclasses import replace\n"
+        "from boxgym.testing.seeing_model import SeeingRecipe, build_seeing_model\n"
+        f"recipe = {recipe!r}\n"
+        f"build_seeing_model({str(out)!r}, recipe, **{BUILD_KW!r})\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL)
+    state = out.with_name("model.partial") / "state.pt"
+    deadline = time.time() + 120
+    while not state.is_file() and time.time() < deadline:
+        time.sleep(0.2)
+    process.kill()
+    process.wait()
+    assert state.is_file() and not (out / "results.json").exists()
+    import torch
+
+    saved_step = torch.load(state, weights_only=False)["progress"]["step"]
+    assert 0 < saved_step < recipe.total_steps
+    messages = []
+    build_seeing_model(out, recipe, **{**BUILD_KW, "log": messages.append})
+    assert any(f"resuming the seeing-model build at step {saved_step}" in m for m in messages)
+    log = json.loads((out / "training_log.json").read_text())
+    assert log["step"] == recipe.total_steps
+
+
+def test_recipe_overrides_are_typed():
+    assert recipe_with(["full_steps=10", "lr=0.002"]).full_steps == 10
+    assert recipe_with(["mrope_section=[4,6,6]"]).mrope_section == (4, 6, 6)
+    with pytest.raises(ValueError, match="expected int"):
+        recipe_with(["full_steps=ten"])
+    with pytest.raises(ValueError, match="key one of"):
+        recipe_with(["ful_steps=10"])
+
+
+def test_scoring_reads_counts_boxes_and_lists():
+    example = make_example("ground", 5)
+    perfect = score_replies("ground", [example], [example.reply])
+    assert perfect["precision"]["mean"] == perfect["recall"]["mean"] == 1.0
+    empty = score_replies("ground", [example], ["no idea"])
+    assert empty["recall"]["mean"] == 0.0
+    assert read_count("There are 4 shapes.") == 4 and read_count("none") is None
+    assert len(read_boxes(example.reply, example.image.size)) == example.task.count
+    listing = make_example("list", 5)
+    assert score_replies("list", [listing], [listing.reply])["f1"]["mean"] == 1.0
+    counts = [make_example("count", s) for s in range(4)]
+    scored = score_replies("count", counts, [str(e.task.count) for e in counts])
+    assert scored["accuracy"]["mean"] == 1.0
