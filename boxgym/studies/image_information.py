@@ -90,7 +90,25 @@ def measure(lab: Any, settings: dict[str, Any]) -> StudyOutput:
             }
         )
     extra = contributions(records)
-    return StudyOutput(records=records, extra={"image_contribution": extra}, notes=notes(extra))
+    entropy = count_entropy([t.count for t in tasks])
+    return StudyOutput(
+        records=records,
+        extra={"image_contribution": extra, "count_entropy_bits": entropy},
+        notes=notes(extra, entropy),
+    )
+
+
+def count_entropy(counts: list[int]) -> float:
+    """Entropy (bits) of the true counts' empirical distribution: what a blank image leaves.
+
+    Any model's mean surprisal of the count given an image that carries no information about it
+    (a blank one) is at least this (cross-entropy >= entropy), up to sampling noise.
+    """
+    import math
+    from collections import Counter
+
+    total = len(counts)
+    return -sum(c / total * math.log2(c / total) for c in Counter(counts).values())
 
 
 def contributions(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -120,7 +138,7 @@ def _ci(entry: dict[str, Any] | None) -> str:
     return f"{entry['mean']:.3g} [{lo:.3g}, {hi:.3g}]"
 
 
-def notes(extra: list[dict[str, Any]]) -> str:
+def notes(extra: list[dict[str, Any]], entropy: float) -> str:
     lines = [
         "## Bits the image contributes (paired over the same scenes)",
         "",
@@ -133,6 +151,12 @@ def notes(extra: list[dict[str, Any]]) -> str:
             f"{_ci(e.get('none_bits'))} | {_ci(e.get('blank_minus_real'))} | "
             f"{_ci(e.get('none_minus_real'))} |"
         )
+    lines += [
+        "",
+        f"Entropy of the true counts over these scenes: {entropy:.3f} bits. With a blank image "
+        "no model can need fewer bits for the count answer than this on average (cross-entropy "
+        ">= entropy); a model that uses the image needs fewer with the real one.",
+    ]
     return "\n".join(lines)
 
 

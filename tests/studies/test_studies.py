@@ -116,3 +116,11 @@ def test_cli_errors_are_one_line(args, message, tmp_path):
     assert message in done.stderr
     assert "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_count_entropy_is_what_a_blank_image_leaves():
+    from boxgym.studies.image_information import count_entropy
+
+    assert count_entropy([1, 2]) == pytest.approx(1.0)
+    assert count_entropy([3, 3, 3]) == 0.0
+    assert count_entropy([1, 2, 3, 4]) == pytest.approx(2.0)
