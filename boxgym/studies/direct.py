@@ -10,9 +10,10 @@ A study builds `Probe`s (an image, its ground truth in that image's pixels, the 
   frame) are parsed by the env's parser, so the count is the number of boxes and enumeration and
   grounding F1 are scored as the env scores them.
 
-Scenes come from `make_scene_task` with seeds from `seed_base` (held out: far from the small seeds
-training runs draw and from the eval suites' 900,000,000+), the same seeds in every condition, so
-conditions are paired.
+Scenes come from `make_scene_task` with seeds from `seed_base` (held out: below the seeing
+model's training seeds, far from the small seeds training runs draw and from the eval suites'),
+the same seeds in every condition, so conditions are paired. `knobs.grid: cycle` (the default)
+cycles aligned / straddling / random placement with the seed, as the seeing model was trained.
 """
 
 from __future__ import annotations
@@ -24,14 +25,16 @@ from typing import Any
 
 from PIL import Image
 
-from boxgym.data.scenes.knobs import PATCH
+from boxgym.data.scenes.knobs import GRID_MODES, PATCH
 
 COUNT_QUESTION = "How many shapes are there? Answer with a number."
 GROUND_QUESTION = (
     "Outline the position of each shape and output all the coordinates in JSON format."
 )
 TASKS = ("count", "ground")
-SEED_BASE = 700_000_000
+# Held out: the seeing model trains on seeds >= 1,000,000 only; training runs and `boxgym episodes`
+# draw small seeds, GRPO from 100,000, the eval suites from 900,000,000.
+SEED_BASE = 500_000
 
 # The settings every direct study shares (a study adds its own factors).
 DIRECT_DEFAULTS: dict[str, Any] = {
@@ -42,7 +45,7 @@ DIRECT_DEFAULTS: dict[str, Any] = {
         "object_size": [2, 3],
         "distractors": 0,
         "image_size": 224,
-        "grid": "random",
+        "grid": "cycle",
         "rotation": 0,
         "background_noise": 0.0,
     },
@@ -104,12 +107,14 @@ def scene_tasks(settings: dict[str, Any], **knobs: Any) -> list[Any]:
 
     merged = {**settings["knobs"], **knobs}
     merged = {k: tuple(v) if isinstance(v, list) else v for k, v in merged.items()}
-    return [
-        make_scene_task(
-            settings["family"], int(settings["seed_base"]) + i, settings["difficulty"], **merged
-        )
-        for i in range(int(settings["n"]))
-    ]
+    tasks = []
+    for i in range(int(settings["n"])):
+        seed = int(settings["seed_base"]) + i
+        own = dict(merged)
+        if own.get("grid") == "cycle":
+            own["grid"] = GRID_MODES[seed % len(GRID_MODES)]
+        tasks.append(make_scene_task(settings["family"], seed, settings["difficulty"], **own))
+    return tasks
 
 
 def true_boxes(task: Any) -> list[tuple[float, float, float, float]]:

@@ -32,19 +32,19 @@ KINDS = ("count", "ground")
 
 
 def grounding_answer(task: Any) -> str:
-    """The true objects in Qwen2-VL's grounding format, [0, 1000) frame, in reading order."""
+    """The true objects in Qwen2-VL's grounding format, one per line in reading order, corners
+    as integers in [0, 1000) (the seeing model's training replies)."""
     from boxgym.tools.frames import pixels_to_frame
 
     size = task.images[0].size
-    parts = []
+    lines = []
     for obj in task.objects:
-        x1, y1, x2, y2 = (round(v) for v in pixels_to_frame(obj.box, "qwen", size))
-        x2, y2 = min(x2, 999), min(y2, 999)
-        parts.append(
+        x1, y1, x2, y2 = (min(999, max(0, round(v))) for v in pixels_to_frame(obj.box, "qwen", size))
+        lines.append(
             f"<|object_ref_start|>{obj.label}<|object_ref_end|>"
             f"<|box_start|>({x1},{y1}),({x2},{y2})<|box_end|>"
         )
-    return "".join(parts)
+    return "\n".join(lines)
 
 
 def shown_image(image: Image.Image, mode: str) -> Image.Image | None:
