@@ -75,6 +75,7 @@ class Study:
         plot_hue: the factor drawn as separate lines (None: one line).
         plot_metrics: the metrics plotted (one panel each).
         fixed_help: what is held fixed, in words, for the report.
+        plot_log_x: a base-2 logarithmic x axis (sizes, token budgets).
     """
 
     name: str
@@ -88,6 +89,7 @@ class Study:
     plot_hue: str | None = None
     plot_metrics: tuple[str, ...] = ("count_accuracy",)
     fixed_help: str = ""
+    plot_log_x: bool = False
 
 
 def resolve_settings(study: Study, quick: bool, overrides: list[str]) -> dict[str, Any]:

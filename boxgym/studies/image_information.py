@@ -39,7 +39,9 @@ def grounding_answer(task: Any) -> str:
     size = task.images[0].size
     lines = []
     for obj in task.objects:
-        x1, y1, x2, y2 = (min(999, max(0, round(v))) for v in pixels_to_frame(obj.box, "qwen", size))
+        x1, y1, x2, y2 = (
+            min(999, max(0, round(v))) for v in pixels_to_frame(obj.box, "qwen", size)
+        )
         lines.append(
             f"<|object_ref_start|>{obj.label}<|object_ref_end|>"
             f"<|box_start|>({x1},{y1}),({x2},{y2})<|box_end|>"

@@ -110,6 +110,7 @@ STUDY = Study(
     plot_x="object_size",
     plot_hue="grid",
     plot_metrics=("count_accuracy", "count_abs_error", "grounding_f1", "objects_crossing"),
+    plot_log_x=True,
     fixed_help="scene family, count range, image size, distractors and seeds (knobs in the "
     "settings); object size and grid placement override the knobs",
 )

@@ -16,7 +16,14 @@ def _is_numeric(values: list[Any]) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
-def draw_metric(ax: Any, rows: list[dict[str, Any]], x: str, hue: str | None, metric: str) -> bool:
+def draw_metric(
+    ax: Any,
+    rows: list[dict[str, Any]],
+    x: str,
+    hue: str | None,
+    metric: str,
+    log_x: bool = False,
+) -> bool:
     """Draw `metric` against `x` on `ax`; False when no row has the metric."""
     if all(r.get(f"{metric}_mean") is None for r in rows):
         return False
@@ -44,6 +51,10 @@ def draw_metric(ax: Any, rows: list[dict[str, Any]], x: str, hue: str | None, me
             xs = [position[r[x]] + (k - (len(hues) - 1) / 2) * width for r in mine]
             err = [[m - lo for m, lo in zip(means, los)], [hi - m for m, hi in zip(means, his)]]
             ax.errorbar(xs, means, yerr=err, fmt="o", capsize=4, label=label)
+    if numeric and log_x and all(v > 0 for v in xs_all):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(xs_all), [f"{v:g}" for v in sorted(xs_all)])
+        ax.minorticks_off()
     if not numeric:
         ax.set_xticks(range(len(xs_all)), [str(v) for v in xs_all], rotation=20)
         ax.set_xlim(-0.6, len(xs_all) - 0.4)
@@ -74,7 +85,7 @@ def plot_study(
         metrics = metrics or [study.metrics[0]]
         fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.2), squeeze=False)
         for ax, metric in zip(axes[0], metrics):
-            draw_metric(ax, rows, study.plot_x, study.plot_hue, metric)
+            draw_metric(ax, rows, study.plot_x, study.plot_hue, metric, study.plot_log_x)
     name = Path(str(model.get("model") or "")).name or str(model.get("model"))
     adapter = f" + {Path(str(model['adapter'])).name}" if model.get("adapter") else ""
     fig.suptitle(f"{study.name}: {name}{adapter} (95% CI)", fontsize=11)

@@ -91,6 +91,7 @@ STUDY = Study(
     plot_x="tokens",
     plot_hue="filter",
     plot_metrics=("count_accuracy", "count_abs_error", "grounding_f1"),
+    plot_log_x=True,
     fixed_help="the scenes (knobs in the settings, native size knobs.image_size); only the "
     "size they are resampled to and the filter change",
 )
