@@ -21,7 +21,7 @@ from typing import Any
 # Every metric a study may report, with what it means (the report's legend).
 METRIC_HELP: dict[str, str] = {
     "count_accuracy": "answered count equals the true count",
-    "count_abs_error": "|answered - true| (no number in the reply counts as 0)",
+    "count_abs_error": "|answered - true| (no number in the reply, or one above 999, counts as 0)",
     "count_rel_error": "|answered - true| / true",
     "enumeration_f1": "F1 of answered labels vs true labels (multiset)",
     "grounding_f1": "F1 of answered boxes matched one-to-one at IoU >= 0.5 with agreeing labels",

@@ -69,6 +69,9 @@ DIRECT_METRICS = (
 )
 
 _INT = re.compile(r"-?\d+")
+# A first number beyond this is no answer (a degenerate "1111111111111" would otherwise swamp
+# the mean absolute error); scene counts go up to 80.
+MAX_ANSWER = 999
 
 
 @dataclass
@@ -140,9 +143,12 @@ def conversation(image: Image.Image | None, text: str) -> list[dict[str, Any]]:
 
 
 def parse_count(text: str) -> int | None:
-    """The first integer in a reply, or None."""
+    """The first integer in a reply, or None (also when it is negative or above MAX_ANSWER)."""
     match = _INT.search(text)
-    return int(match.group(0)) if match else None
+    if match is None or len(match.group(0).lstrip("-")) > 4:
+        return None
+    value = int(match.group(0))
+    return value if 0 <= value <= MAX_ANSWER else None
 
 
 def count_scores(answer: int | None, truth: int) -> dict[str, float | None]:

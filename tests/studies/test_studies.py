@@ -124,3 +124,18 @@ def test_count_entropy_is_what_a_blank_image_leaves():
     assert count_entropy([1, 2]) == pytest.approx(1.0)
     assert count_entropy([3, 3, 3]) == 0.0
     assert count_entropy([1, 2, 3, 4]) == pytest.approx(2.0)
+
+
+def test_parse_count_takes_the_first_plausible_integer():
+    from boxgym.studies.direct import count_scores, parse_count
+
+    assert parse_count("There are 3 shapes.") == 3
+    assert parse_count("12") == 12
+    assert parse_count("none") is None
+    assert parse_count("11111111111111") is None  # degenerate: no answer, not 1e13
+    assert count_scores(None, 4) == {
+        "count_accuracy": 0.0,
+        "count_abs_error": 4.0,
+        "count_rel_error": 1.0,
+        "answered": 0.0,
+    }
