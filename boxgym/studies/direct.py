@@ -26,11 +26,8 @@ from typing import Any
 from PIL import Image
 
 from boxgym.data.scenes.knobs import GRID_MODES, PATCH
+from boxgym.testing.seeing_tasks import COUNT_QUESTION, GROUND_QUESTION  # the seeing model's
 
-COUNT_QUESTION = "How many shapes are there? Answer with a number."
-GROUND_QUESTION = (
-    "Outline the position of each shape and output all the coordinates in JSON format."
-)
 TASKS = ("count", "ground")
 # Held out: the seeing model trains on seeds >= 1,000,000 only; training runs and `boxgym episodes`
 # draw small seeds, GRPO from 100,000, the eval suites from 900,000,000.
