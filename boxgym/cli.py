@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # verb -> (module, one-line help)
@@ -46,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="boxgym",
         description="boxgym: tools, environments, rollouts and training for multi-object counting with VLMs.",
     )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the full traceback of a failure (also accepted after the verb)",
+    )
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for verb, (module_name, help_text) in VERBS.items():
         verb_parser = sub.add_parser(verb, help=help_text, description=help_text)
@@ -56,17 +62,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one verb. Any failure prints one line (cause and fix) and returns 2.
+
+    `--debug` (anywhere on the line) or `BOXGYM_DEBUG=1` lets the traceback through instead.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("BOXGYM_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.verb:
         parser.print_help()
         return 0
-    module = importlib.import_module(args._module)
-    try:
-        return int(module.run(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    from boxgym.errors import report_failures
+
+    return report_failures(lambda: importlib.import_module(args._module).run(args), debug=debug)
 
 
 if __name__ == "__main__":

@@ -346,6 +346,8 @@ def write_gallery(tasks: list[Task], out: Path, title: str) -> Path:
 
 def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
     """Subcommands of `boxgym data`."""
+    from boxgym.data.loaders.user_tasks import add_tasks_arguments
+
     sub = parser.add_subparsers(dest="data_command", metavar="COMMAND")
     sub.required = True
 
@@ -369,7 +371,8 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
         help="Random (or bookmarked) tasks with ground truth, as HTML.",
         description="Random (or bookmarked) tasks with ground truth, as HTML.",
     )
-    source(g)
+    source(g, required_dataset=False)
+    add_tasks_arguments(g)
     g.add_argument("--n", type=int, default=8, help="number of tasks (default 8)")
     g.add_argument("--seed", type=int, default=0, help="seed of the random draw (default 0)")
     g.add_argument("--scan", type=int, default=DEFAULT_SCAN, help="draw from the first N rows")
@@ -451,9 +454,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _gallery(args: argparse.Namespace) -> int:
+    from boxgym.data.loaders.user_tasks import load_tasks_argument
+
     if args.n < 1:
         raise DataCommandError("--n must be at least 1")
     out = Path(args.out)
+    if args.tasks:
+        tasks = load_tasks_argument(args, limit=args.n)
+        page = write_gallery(tasks, out, f"{args.tasks}: {len(tasks)} tasks")
+        print(f"wrote {len(tasks)} tasks to {page}")
+        return 0
+    if not args.dataset:
+        raise DataCommandError("give --dataset NAME or --tasks PATH")
     if args.bookmarks or args.ids:
         if args.ids:
             ids = list(dict.fromkeys(args.ids))

@@ -136,3 +136,32 @@ class Task:
             "split": self.split,
             "meta": self.meta,
         }
+
+
+# Qwen2-VL's image processor refuses images whose long side is over 200 times the short side.
+MAX_ASPECT_RATIO = 200
+
+
+def unusable_reason(task: Task) -> str | None:
+    """Why the environment could not run `task` (a short reason to count it by), or None.
+
+    Loaders drop such rows up front and count them by this reason, instead of letting every
+    episode of the task fail at reset.
+    """
+    from boxgym.tools.arguments import MAX_COUNT
+
+    for image in task.images:
+        width, height = image.size
+        if width < 1 or height < 1:
+            return "empty image"
+        if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+            return f"image aspect ratio over {MAX_ASPECT_RATIO}"
+    count = task.answer.get("count")
+    if count is not None:
+        if isinstance(count, bool) or not isinstance(count, int):
+            return "count not an integer"
+        if not 0 <= count <= MAX_COUNT:
+            return f"count outside 0..{MAX_COUNT}"
+    if not task.question.strip():
+        return "empty question"
+    return None

@@ -33,7 +33,7 @@ import numpy as np
 
 from boxgym.data.task import Task
 from boxgym.env.config import EnvConfig
-from boxgym.env.parsing import ParseError, parse_tool_calls
+from boxgym.env.parsing import ParseError, parse_tool_calls, valid_unicode
 from boxgym.env.prompts import system_prompt
 from boxgym.env.rewards import EpisodeOutcome, RewardComponents, score_episode
 from boxgym.env.spaces import AssistantTextSpace, ConversationSpace
@@ -255,7 +255,7 @@ class BoxGymEnv(gym.Env[list, str]):
             )
             return [message], 0.0, self._terminated, self._truncated, info
         try:
-            return self._step(action)
+            return self._step(valid_unicode(action) if isinstance(action, str) else action)
         except Exception as error:  # the last resort: never let an exception out of step
             self._truncated = True
             message = _text_message(

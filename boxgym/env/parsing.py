@@ -101,9 +101,31 @@ def format_tool_calls(calls: list[tuple[str, dict[str, Any]]]) -> str:
     return "\n".join(format_tool_call(name, arguments) for name, arguments in calls)
 
 
+def valid_unicode(text: str) -> str:
+    """`text` with every lone surrogate (e.g. a half emoji, `\\ud83d`) replaced by U+FFFD.
+
+    Such text cannot be encoded as UTF-8, so it could not be written to a file or a page; a
+    surrogate pair split into two code points is joined back into its character.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
 def _short(text: str, limit: int = 60) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _json_problem(error: BaseException) -> str:
+    """What was wrong with a JSON text, in a few words for the model."""
+    if isinstance(error, json.JSONDecodeError):
+        return error.msg
+    if isinstance(error, RecursionError):
+        return "nested too deeply"
+    return "a number with too many digits"  # int() refuses > 4300 digits (CVE-2020-10735)
 
 
 def _parse_json_call(body: str, tool_names: tuple[str, ...]) -> ToolCall | str:
@@ -115,9 +137,8 @@ def _parse_json_call(body: str, tool_names: tuple[str, ...]) -> ToolCall | str:
         return 'the <tool_call> is empty; put {"name": ..., "arguments": {...}} inside it'
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, RecursionError) as error:
-        msg = error.msg if isinstance(error, json.JSONDecodeError) else "nested too deeply"
-        return f"the tool call is not valid JSON ({msg}) in: {_short(body)}"
+    except (ValueError, RecursionError) as error:  # JSONDecodeError is a ValueError
+        return f"the tool call is not valid JSON ({_json_problem(error)}) in: {_short(body)}"
     if not isinstance(data, dict):
         return 'a tool call must be a JSON object {"name": ..., "arguments": {...}}'
     name = data.get("name")
@@ -132,7 +153,7 @@ def _parse_json_call(body: str, tool_names: tuple[str, ...]) -> ToolCall | str:
     if isinstance(arguments, str):
         try:
             arguments = json.loads(arguments) if arguments.strip() else {}
-        except (json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):
             return f'{name}: "arguments" is a string that is not valid JSON'
     if not isinstance(arguments, dict):
         return f'{name}: "arguments" must be a JSON object, got {type(arguments).__name__}'

@@ -25,6 +25,10 @@ class Policy(Protocol):
     (rendered into the prompt by the chat template's `tools=` argument), and returns one raw
     assistant text per conversation, in order. `tasks` gives scripted policies the ground truth;
     model policies ignore it.
+
+    A policy that fails part-way (a server that dies with some requests answered) may set
+    `partial = {conversation index: text}` on the exception it raises: the runner steps and
+    stores those conversations before it reports the failure.
     """
 
     name: str

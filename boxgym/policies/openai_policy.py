@@ -6,9 +6,12 @@ tokens as every other boxgym path, serve the model with boxgym's template, e.g.
 `vllm serve Qwen/Qwen2-VL-2B-Instruct --chat-template <boxgym>/policies/chat_template.jinja`
 (`chat_template_path()` gives the file); the tiny checkpoint already carries it.
 
-Requests run concurrently on at most `max_concurrency` threads, each with a timeout and
-retries with exponential backoff on connection errors, timeouts, 429 and 5xx. When the server
-cannot be reached after the retries, `act` fails fast with an error naming the URL.
+Requests run concurrently on at most `max_concurrency` threads. Retries are the openai client's
+own (`max_retries`: connection errors, timeouts, 408/409/429 and 5xx, with its exponential
+backoff). Each attempt has a whole-request deadline of `timeout` seconds (`DeadlineTransport`):
+httpx's timeouts are per read, so a server that trickles a byte a second would never time out.
+When the server cannot be reached after the retries, or answers with something that is not a
+chat completion, `act` fails fast with one line naming the URL and the cause.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import base64
 import io
 import json
 import threading
+import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from importlib.resources import files
 from pathlib import Path
@@ -24,11 +28,12 @@ from typing import Any
 
 from PIL import Image
 
+from boxgym.errors import ServerError
 from boxgym.policies.base import Conversation
 from boxgym.policies.prompting import clean_completion, normalize_messages
 
 
-class ServerUnreachableError(ConnectionError):
+class ServerUnreachableError(ServerError, ConnectionError):
     """The OpenAI-compatible server did not answer (refused, timed out, or kept failing)."""
 
 
@@ -103,9 +108,9 @@ class OpenAIPolicy:
         model: the model name the server knows.
         api_key: sent as bearer token (local servers accept anything).
         max_concurrency: requests in flight at most.
-        timeout: seconds per request.
-        max_retries: further attempts after a failed one (connection, timeout, 429, 5xx).
-        backoff: first retry delay in seconds; doubled each retry.
+        timeout: seconds per attempt, for the whole request (connect, send, answer).
+        max_retries: further attempts after a failed one (the openai client's retries:
+            connection, timeout, 408, 409, 429, 5xx; its exponential backoff).
         temperature, top_p, max_new_tokens: decoding knobs.
         seed: base seed; request i of the run gets seed + i (servers that honour it repeat).
         stop: extra stop strings. Servers end the turn at the model's eos (`<|im_end|>`) by
@@ -122,7 +127,6 @@ class OpenAIPolicy:
         max_concurrency: int = 8,
         timeout: float = 120.0,
         max_retries: int = 3,
-        backoff: float = 0.5,
         temperature: float = 1.0,
         top_p: float = 1.0,
         max_new_tokens: int = 256,
@@ -144,7 +148,6 @@ class OpenAIPolicy:
         self.max_concurrency = max_concurrency
         self.timeout = timeout
         self.max_retries = max_retries
-        self.backoff = backoff
         self.temperature = temperature
         self.top_p = top_p
         self.max_new_tokens = max_new_tokens
@@ -153,7 +156,13 @@ class OpenAIPolicy:
         self.requests_sent = 0
         self._openai = openai
         self._client = openai.OpenAI(
-            base_url=self.base_url, api_key=api_key, timeout=timeout, max_retries=0
+            base_url=self.base_url,
+            api_key=api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            http_client=openai.DefaultHttpxClient(
+                transport=DeadlineTransport(deadline_s=timeout), timeout=timeout
+            ),
         )
         self._lock = threading.Lock()
 
@@ -192,10 +201,20 @@ class OpenAIPolicy:
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
             failed = [f for f in done if f.exception() is not None]
             if failed:
-                stop.set()  # queued requests return at once instead of retrying
+                stop.set()  # queued requests return at once instead of being sent
                 for future in futures:
                     future.cancel()
-                raise failed[0].exception()
+        if failed:
+            # Requests already in flight were allowed to finish (the pool waits for them):
+            # their answers go back with the error.
+            answered = {
+                i: results[i]
+                for i, f in enumerate(futures)
+                if f.done() and not f.cancelled() and f.exception() is None
+            }
+            error = failed[0].exception()
+            error.partial = answered  # type: ignore[union-attr]  # see boxgym.policies.base
+            raise error
         return results
 
     def _complete(
@@ -206,32 +225,96 @@ class OpenAIPolicy:
         stop: threading.Event,
     ) -> str:
         openai = self._openai
-        delay = self.backoff
-        for attempt in range(self.max_retries + 1):
-            if stop.is_set():
-                raise ServerUnreachableError(f"request abandoned: {self.base_url} already failed")
-            try:
-                response = self._client.chat.completions.create(
-                    model=self.model,
-                    messages=messages,
-                    tools=tools or openai.omit,
-                    **self.request_kwargs(index),
-                )
-                return completion_text(response.choices[0].message)
-            except (openai.APIConnectionError, openai.APITimeoutError) as error:
-                last: Exception = error
-                timed_out = isinstance(error, openai.APITimeoutError)
-                reason = "timed out" if timed_out else "connection failed"
-            except openai.APIStatusError as error:
-                if error.status_code != 429 and error.status_code < 500:
-                    raise RuntimeError(
-                        f"{self.base_url} rejected the request ({error.status_code}): {error.message}"
-                    ) from error
-                last, reason = error, f"server error {error.status_code}"
-            if attempt < self.max_retries and not stop.wait(delay):
-                delay *= 2
-        raise ServerUnreachableError(
-            f"cannot get a chat completion from {self.base_url} ({reason} after "
-            f"{self.max_retries + 1} attempts, timeout {self.timeout:g}s each); is the server "
-            f"running there? last error: {last}"
-        ) from last
+        if stop.is_set():
+            raise ServerUnreachableError(f"request abandoned: {self.base_url} already failed")
+        attempts = f"{self.max_retries + 1} attempt(s), {self.timeout:g}s each"
+        try:
+            response = self._client.chat.completions.create(
+                model=self.model,
+                messages=messages,
+                tools=tools or openai.omit,
+                **self.request_kwargs(index),
+            )
+        except openai.APITimeoutError as error:
+            raise ServerUnreachableError(
+                f"{self.base_url} did not answer in time ({attempts}); is the server overloaded? "
+                "raise --timeout or lower --max-concurrency"
+            ) from error
+        except openai.APIConnectionError as error:
+            raise ServerUnreachableError(
+                f"cannot reach {self.base_url} ({attempts}: {error.__cause__ or error}); "
+                "is the server running there? check --base-url"
+            ) from error
+        except openai.APIStatusError as error:
+            retried = error.status_code in (408, 409, 429) or error.status_code >= 500
+            raise ServerError(
+                f"{self.base_url} rejected the request ({error.status_code}"
+                + (f" after {attempts}" if retried else "")
+                + f"): {_short(error.message)}; check the server's log, --model and the options"
+            ) from error
+        except openai.APIResponseValidationError as error:
+            raise ServerError(
+                f"{self.base_url} answered with something that is not a chat completion "
+                f"({_short(str(error))}); is --base-url an OpenAI-compatible /v1 endpoint?"
+            ) from error
+        choices = getattr(response, "choices", None)
+        if not choices or getattr(choices[0], "message", None) is None:
+            raise ServerError(
+                f"{self.base_url} answered with something that is not a chat completion "
+                f"({_short(str(response))!r}); is --base-url an OpenAI-compatible /v1 endpoint?"
+            )
+        return completion_text(choices[0].message)
+
+
+def _short(text: str, limit: int = 160) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class DeadlineTransport:
+    """An httpx transport that ends a request `deadline_s` after it started, however it trickles.
+
+    httpx's own timeouts bound each read, not the whole response. This wraps the default
+    transport, bounds the wait for the headers by the per-read timeout (set on the client) and
+    checks the deadline after every chunk of the body, raising `ReadTimeout` (which the openai
+    client retries and reports as `APITimeoutError`).
+    """
+
+    def __init__(self, deadline_s: float, inner: Any = None) -> None:
+        import httpx2
+
+        self.deadline_s = deadline_s
+        self._httpx = httpx2
+        self._inner = inner if inner is not None else httpx2.HTTPTransport()
+
+    def handle_request(self, request: Any) -> Any:
+        httpx = self._httpx
+        deadline = time.monotonic() + self.deadline_s
+        response = self._inner.handle_request(request)
+        inner_stream = response.stream
+        limit = self.deadline_s
+
+        class _Stream(httpx.SyncByteStream):
+            def __iter__(self) -> Any:
+                for chunk in inner_stream:
+                    if time.monotonic() > deadline:
+                        inner_stream.close()
+                        raise httpx.ReadTimeout(
+                            f"the whole-request deadline of {limit:g}s passed", request=request
+                        )
+                    yield chunk
+
+            def close(self) -> None:
+                inner_stream.close()
+
+        response.stream = _Stream()
+        return response
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def __enter__(self) -> DeadlineTransport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

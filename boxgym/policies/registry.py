@@ -25,8 +25,6 @@ POLICIES: dict[str, tuple[str, str]] = {
 }
 SCRIPTED: tuple[str, ...] = ("oracle", "noisy", "random")
 
-_EXTRAS = {"hf": "model", "vllm": "vllm", "openai": "model"}
-
 
 def policy_class(name: str) -> type:
     """The class behind a policy name (importing its module)."""
@@ -36,10 +34,10 @@ def policy_class(name: str) -> type:
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        extra = _EXTRAS.get(name)
-        hint = f" (install it with `pip install boxgym[{extra}]`)" if extra else ""
+        from boxgym.errors import missing_module_message
+
         raise ImportError(
-            f"policy {name!r} needs {error.name or module_name}{hint}: {error}"
+            f"policy {name!r}: {missing_module_message(error.name or module_name)}"
         ) from error
     return getattr(module, class_name)
 

@@ -13,12 +13,16 @@ match) or `--overwrite` (delete that run's files first) is given.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from boxgym.errors import UserError, explain, report_failures
 
 RUN_FILES = ("run.json", "episodes.jsonl", "summary.json", "index.html", "timing.json")
 SCENE_FAMILY_NAMES = ("screens", "shapes", "clutter")
@@ -31,6 +35,8 @@ EXECUTION_FIELDS = ("batch_size", "max_live", "progress", "policy_delay_s")
 
 def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
     """Options of `episodes`, `rollout` and `view`."""
+    from boxgym.data.loaders.user_tasks import add_tasks_arguments
+
     if verb == "view":
         parser.add_argument("run_dir", help="a run directory (holding episodes.jsonl)")
         parser.add_argument("--title", help="page title (default: the directory name)")
@@ -42,7 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
         help="scene family, a comma-separated list of them, or 'all' (tasks alternate families)",
     )
     parser.add_argument("--difficulty", default="easy", choices=("easy", "medium", "hard"))
-    parser.add_argument("--n", type=int, default=16 if scripted else 64, help="number of tasks")
+    parser.add_argument(
+        "--n",
+        type=int,
+        help=f"number of tasks (default {16 if scripted else 64}; with --tasks: all of them)",
+    )
+    add_tasks_arguments(parser)
     add_run_arguments(parser, verb)
 
 
@@ -99,6 +110,12 @@ def add_run_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
         pol.add_argument("--base-url", help="openai: the server's /v1 URL")
         pol.add_argument("--api-key", help="openai: API key (default: none)")
         pol.add_argument("--max-concurrency", type=int, help="openai: requests in flight at once")
+        pol.add_argument(
+            "--timeout", type=float, help="openai: seconds per request, whole (default 120)"
+        )
+        pol.add_argument(
+            "--max-retries", type=int, help="openai: further attempts after a failure (default 3)"
+        )
         pol.add_argument("--gpu-memory-utilization", type=float, help="vllm: GPU memory fraction")
         pol.add_argument("--max-model-len", type=int, help="vllm: context length")
 
@@ -146,7 +163,7 @@ def policy_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     names = (
         "model", "adapter", "temperature", "top_p", "top_k", "max_new_tokens", "device", "dtype",
         "base_url", "api_key", "max_concurrency", "gpu_memory_utilization", "max_model_len",
-        "calls_per_turn",
+        "calls_per_turn", "timeout", "max_retries",
     )  # fmt: skip
     out = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     out["seed"] = args.seed
@@ -204,7 +221,9 @@ def prepare_run_dir(out: Path, config: dict[str, Any], *, resume: bool, overwrit
     """Create, check (resume) or clear (overwrite) a run directory; raise with a clear message."""
     if resume and overwrite:
         raise ValueError("--resume and --overwrite contradict each other; pick one")
-    existing = out.exists() and any(out.iterdir())
+    from boxgym.rollouts.store import RunLock
+
+    existing = out.exists() and any(p.name != RunLock.FILE for p in out.iterdir())
     if existing and overwrite:
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
@@ -215,7 +234,14 @@ def prepare_run_dir(out: Path, config: dict[str, Any], *, resume: bool, overwrit
             raise ValueError(
                 f"{out} has no run.json, so there is no run to resume; use a new --out or --overwrite"
             )
-        previous = json.loads(run_json.read_text())
+        try:
+            previous = json.loads(run_json.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise UserError(
+                f"{run_json} is not valid JSON ({error}); restore it, or start over with --overwrite"
+            ) from error
+        if not isinstance(previous, dict):
+            raise UserError(f"{run_json} does not hold a run configuration; use --overwrite")
         diffs = config_differences(previous, json.loads(json.dumps(config)))
         if diffs:
             raise ValueError(
@@ -230,13 +256,37 @@ def prepare_run_dir(out: Path, config: dict[str, Any], *, resume: bool, overwrit
             "or choose another --out"
         )
     out.mkdir(parents=True, exist_ok=True)
-    (out / "run.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    write_json_atomic(out / "run.json", config)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temporary file, fsync it and rename it over `path` (never half-written)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Fields that differ between two run configs, ignoring execution-only fields."""
     keys = sorted((set(old) | set(new)) - set(EXECUTION_FIELDS))
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+def check_model_paths(args: argparse.Namespace) -> None:
+    """Refuse a --model or --adapter path that does not exist before anything is loaded."""
+    if args.policy in ("hf", "vllm") and getattr(args, "model", None):
+        from boxgym.testing.tiny_model import resolve_model
+
+        resolve_model(args.model)  # raises UserError for a local path that is not there
+    adapter = getattr(args, "adapter", None)
+    if adapter and not Path(adapter).expanduser().is_dir():
+        raise UserError(
+            f"no LoRA adapter at {adapter}: not a directory; give the adapter folder a training "
+            "run wrote (OUTPUT_DIR/adapter)"
+        )
 
 
 def make_env_factory(env_config: Any) -> Any:
@@ -261,7 +311,7 @@ def execute_run(
     from boxgym.policies.registry import make_policy
     from boxgym.rollouts.metrics import format_table, write_summary
     from boxgym.rollouts.runner import append_session_timing, run_rollouts
-    from boxgym.rollouts.store import EpisodeStore, read_episodes
+    from boxgym.rollouts.store import EpisodeStore, RunLock, RunLockedError, read_episodes
     from boxgym.rollouts.viewer import write_index
 
     if args.group_size < 1:
@@ -282,34 +332,54 @@ def execute_run(
         "max_live": args.max_live,
         "policy_delay_s": args.policy_delay_s,
     }
-    prepare_run_dir(out, config, resume=args.resume, overwrite=args.overwrite)
-    policy = make_policy(args.policy, **kwargs)
-    if args.policy_delay_s > 0:
-        policy = _DelayedPolicy(policy, args.policy_delay_s)
-    with EpisodeStore(out) as store:
-        if store.repaired_bytes:
-            print(
-                f"resume: cut a torn last line ({store.repaired_bytes} bytes) left by a killed run",
-                file=sys.stderr,
-            )
-        stats = run_rollouts(
-            tasks,
-            policy,
-            make_env_factory(env_config),
-            store,
-            group_size=args.group_size,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            max_live=args.max_live,
-            progress=not args.no_progress,
-            run_info={"policy": args.policy, "run": out.resolve().name},
-        )
-    append_session_timing(out, stats)
+    check_model_paths(args)
+    lock = RunLock(out)
+    try:
+        lock.acquire()
+    except RunLockedError as error:
+        raise UserError(
+            f"another boxgym run is writing to {out} (process id in {lock.path}); wait for it to "
+            "finish, or choose another --out"
+        ) from error
+    try:
+        prepare_run_dir(out, config, resume=args.resume, overwrite=args.overwrite)
+        policy = make_policy(args.policy, **kwargs)
+        if args.policy_delay_s > 0:
+            policy = _DelayedPolicy(policy, args.policy_delay_s)
+        expected = len(tasks) * args.group_size
+        try:
+            with EpisodeStore(out) as store:
+                if store.repaired_bytes:
+                    print(
+                        f"resume: cut a torn last line ({store.repaired_bytes} bytes) left by a "
+                        "killed run",
+                        file=sys.stderr,
+                    )
+                stats = run_rollouts(
+                    tasks,
+                    policy,
+                    make_env_factory(env_config),
+                    store,
+                    group_size=args.group_size,
+                    seed=args.seed,
+                    batch_size=args.batch_size,
+                    max_live=args.max_live,
+                    progress=not args.no_progress,
+                    run_info={"policy": args.policy, "run": out.resolve().name},
+                )
+        except Exception as error:
+            stored = len(read_episodes(out).episodes)
+            raise UserError(
+                f"{explain(error)} ({stored}/{expected} episodes are stored in {out}; once fixed, "
+                "rerun the same command with --resume to finish)"
+            ) from error
+        append_session_timing(out, stats)
+    finally:
+        lock.release()
     log = read_episodes(out)
     if log.report():
         print(f"note: {log.report()}", file=sys.stderr)
     summary = write_summary(out, log.episodes, seed=args.seed)
-    expected = len(tasks) * args.group_size
     print(
         f"{args.policy}: {stats.episodes} episode(s) this session, {len(log.episodes)}/{expected} stored "
         f"in {stats.wall_s:.1f}s (policy {stats.policy_s:.1f}s, outside {stats.wall_s - stats.policy_s:.1f}s)"
@@ -339,14 +409,14 @@ def run_view(args: argparse.Namespace) -> int:
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "episodes.jsonl").exists():
-        print(f"error: {run_dir} has no episodes.jsonl", file=sys.stderr)
-        return 2
+        raise UserError(f"{run_dir} has no episodes.jsonl; pass a run directory (--out of a run)")
     log = read_episodes(run_dir)
     if log.report():
         print(f"note: {log.report()}", file=sys.stderr)
     seed = 0
-    if (run_dir / "run.json").exists():
-        seed = int(json.loads((run_dir / "run.json").read_text()).get("seed", 0))
+    # no or unreadable run.json: the page still works, bootstrap seed 0
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+        seed = int(json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("seed", 0))
     summary = write_summary(run_dir, log.episodes, seed=seed)
     page = write_index(run_dir, log.episodes, summary, title=args.title)
     print(format_table(summary))
@@ -356,16 +426,20 @@ def run_view(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Dispatch `episodes`, `rollout` and `view`."""
-    try:
-        if args.verb == "view":
-            return run_view(args)
-        scenes = parse_scenes(args.scene)
-        tasks = scene_tasks(scenes, args.n, args.seed, args.difficulty)
-        spec = {"kind": "scenes", "scenes": scenes, "n": args.n, "difficulty": args.difficulty}
-        return execute_run(args, tasks, spec)
-    except (ValueError, FileNotFoundError, ImportError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    from boxgym.data.loaders.user_tasks import load_tasks_argument, tasks_spec
+
+    if args.verb == "view":
+        return run_view(args)
+    if args.tasks:
+        if args.n is not None and args.n < 1:
+            raise ValueError(f"--n must be >= 1, got {args.n}")
+        tasks = load_tasks_argument(args, limit=args.n)
+        return execute_run(args, tasks, tasks_spec(args, tasks))
+    n = args.n if args.n is not None else (16 if args.verb == "episodes" else 64)
+    scenes = parse_scenes(args.scene)
+    tasks = scene_tasks(scenes, n, args.seed, args.difficulty)
+    spec = {"kind": "scenes", "scenes": scenes, "n": n, "difficulty": args.difficulty}
+    return execute_run(args, tasks, spec)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -384,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         verb_parser = sub.add_parser(verb)
         importlib.import_module(module_name).add_arguments(verb_parser, verb)
     args = parser.parse_args(argv)
-    return int(importlib.import_module(modules[args.verb]).run(args) or 0)
+    return report_failures(lambda: importlib.import_module(modules[args.verb]).run(args))
 
 
 if __name__ == "__main__":

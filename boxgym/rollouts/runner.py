@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from boxgym.data.task import Task
+from boxgym.env.parsing import valid_unicode
 from boxgym.policies.base import Policy
 from boxgym.policies.scripted import SeededTask
 from boxgym.rollouts.episode import EpisodeRecorder
@@ -211,11 +212,15 @@ class _Session:
         for begin in range(0, len(live), chunk_size):
             chunk = live[begin : begin + chunk_size]
             t0 = time.perf_counter()
-            texts = self.policy.act(
-                [ep.conversation for ep in chunk],
-                self.tools,
-                [SeededTask(ep.task, ep.seed) for ep in chunk],
-            )
+            try:
+                texts = self.policy.act(
+                    [ep.conversation for ep in chunk],
+                    self.tools,
+                    [SeededTask(ep.task, ep.seed) for ep in chunk],
+                )
+            except Exception as error:
+                self._keep_answered(chunk, getattr(error, "partial", None) or {})
+                raise
             spent = time.perf_counter() - t0
             stats.policy_calls += 1
             stats.policy_s += spent
@@ -229,14 +234,27 @@ class _Session:
                 ep.turns += 1
                 _step(ep, text, ep.turns, stats)
                 stats.turns += 1
-        for ep in live:
-            if ep.done:
-                self.finish(ep.recorder)
-                ep.env.close()
+            # Store this chunk's finished episodes now: a policy failure on a later chunk
+            # (a server that dies mid-turn) must not take them with it.
+            for ep in chunk:
+                if ep.done:
+                    self.finish(ep.recorder)
+                    ep.env.close()
         if self.bar is not None:
             # episodes end together at a turn: tqdm skips redraws within `mininterval`, so
             # without this the bar would show the first of them until the next turn's ends
             self.bar.refresh()
+
+    def _keep_answered(self, chunk: list[_LiveEpisode], partial: dict[int, Any]) -> None:
+        """After a failed `act`: step the conversations it answered; store those that ended."""
+        for index, text in sorted(partial.items()):
+            if 0 <= index < len(chunk) and not chunk[index].done:
+                ep = chunk[index]
+                ep.turns += 1
+                _step(ep, text, ep.turns, self.stats)
+                if ep.done:
+                    self.finish(ep.recorder)
+                    ep.env.close()
 
     def finish(self, recorder: EpisodeRecorder) -> None:
         """Store a finished episode and update the counters and the progress bar."""
@@ -266,6 +284,7 @@ def _step(ep: _LiveEpisode, text: Any, turn: int, stats: RunStats) -> None:
     t0 = time.perf_counter()
     if not isinstance(text, str):
         text = "" if text is None else str(text)
+    text = valid_unicode(text)  # a lone surrogate could not be stored as UTF-8
     try:
         new_messages, reward, terminated, truncated, info = ep.env.step(text)
     except Exception as exc:

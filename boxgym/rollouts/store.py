@@ -31,6 +31,8 @@ from typing import Any
 
 from PIL import Image
 
+from boxgym.env.parsing import valid_unicode
+
 EPISODES_FILE = "episodes.jsonl"
 IMAGES_DIR = "images"
 _TMP_PREFIX = ".tmp-"
@@ -53,6 +55,61 @@ def episode_key(record: dict[str, Any]) -> tuple[str, int]:
     """The (task id, sample index) that identifies an episode within a run."""
     key = record["key"]
     return (str(key["task_id"]), int(key["sample"]))
+
+
+def _has_valid_key(record: dict[str, Any]) -> bool:
+    try:
+        episode_key(record)
+    except (KeyError, TypeError, ValueError):
+        return False
+    return True
+
+
+class RunLockedError(Exception):
+    """Another process holds the run directory's lock."""
+
+
+class RunLock:
+    """An exclusive, non-blocking lock on a run directory (`run.lock`, `fcntl.flock`).
+
+    Two runs writing one `episodes.jsonl` would duplicate episodes; the second is refused. The
+    operating system drops the lock when its holder exits, killed or not, so a stale lock file
+    never blocks a `--resume`.
+    """
+
+    FILE = "run.lock"
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / self.FILE
+        self._file: Any = None
+
+    def acquire(self) -> RunLock:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a+")  # noqa: SIM115 - held for the run
+        try:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as error:
+            self._file.close()
+            self._file = None
+            raise RunLockedError(str(self.path.parent)) from error
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"{os.getpid()}\n")
+        self._file.flush()
+        return self
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing drops the flock
+            self._file = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 @dataclass
@@ -107,7 +164,7 @@ def read_episodes(path: str | Path) -> EpisodeLog:
         except (json.JSONDecodeError, UnicodeDecodeError):
             log.bad_lines.append(number)
             continue
-        if not isinstance(record, dict) or "key" not in record:
+        if not isinstance(record, dict) or not _has_valid_key(record):
             log.bad_lines.append(number)
             continue
         log.episodes.append(record)
@@ -201,7 +258,11 @@ class EpisodeStore:
             raise ValueError("an episode record needs a 'key' with 'task_id' and 'sample'")
         self.flush_images()
         line = json.dumps(record, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-        self._file.write(line.encode("utf-8") + b"\n")
+        try:
+            data = line.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate somewhere in the record
+            data = valid_unicode(line).encode("utf-8")
+        self._file.write(data + b"\n")
         self._file.flush()
         os.fsync(self._file.fileno())
         self.lines_written += 1

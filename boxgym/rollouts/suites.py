@@ -20,6 +20,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from boxgym.errors import UserError
+
 EVAL_SEED_BASE = 900_000_000
 
 
@@ -138,6 +140,7 @@ def suite_tasks(
 
 def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
     """Options of `eval`."""
+    from boxgym.data.loaders.user_tasks import add_tasks_arguments
     from boxgym.rollouts.commands import add_run_arguments
 
     parser.add_argument("--suite", help="suite name (see --list)")
@@ -145,6 +148,7 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
     parser.add_argument("--data-path", help="dataset suites: local copy of the dataset")
     parser.add_argument("--split", help="dataset suites: split (default: the suite's)")
     parser.add_argument("--limit", type=int, help="at most this many tasks")
+    add_tasks_arguments(parser)
     add_run_arguments(parser, verb)
 
 
@@ -156,8 +160,18 @@ def run(args: argparse.Namespace) -> int:
         for suite in SUITES.values():
             print(f"{suite.name:<14} {suite.description}")
         return 0
+    if args.tasks:
+        from boxgym.data.loaders.user_tasks import load_tasks_argument, tasks_spec
+
+        if not args.out:
+            raise UserError("give --out DIR for the run")
+        tasks = load_tasks_argument(args, limit=args.limit)
+        title = f"boxgym eval: {args.tasks} ({args.policy})"
+        return execute_run(args, tasks, tasks_spec(args, tasks), title=title)
     if not args.suite:
-        print("error: give --suite NAME (see `boxgym eval --list`)", file=sys.stderr)
+        print(
+            "error: give --suite NAME or --tasks PATH (see `boxgym eval --list`)", file=sys.stderr
+        )
         return 2
     if args.suite not in SUITES:
         print(f"error: unknown suite {args.suite!r}; known: {', '.join(SUITES)}", file=sys.stderr)
@@ -168,11 +182,7 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         print(f"error: --limit must be >= 1, got {args.limit}", file=sys.stderr)
         return 2
-    try:
-        tasks, spec = suite_tasks(
-            SUITES[args.suite], data_path=args.data_path, split=args.split, limit=args.limit
-        )
-        return execute_run(args, tasks, spec, title=f"boxgym eval: {args.suite} ({args.policy})")
-    except (ValueError, FileNotFoundError, ImportError, OSError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    tasks, spec = suite_tasks(
+        SUITES[args.suite], data_path=args.data_path, split=args.split, limit=args.limit
+    )
+    return execute_run(args, tasks, spec, title=f"boxgym eval: {args.suite} ({args.policy})")

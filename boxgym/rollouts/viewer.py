@@ -15,11 +15,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+from boxgym.env.parsing import valid_unicode
+
 _TEMPLATE = Path(__file__).with_name("viewer_template.html")
 
 
 def _safe_json(data: Any) -> str:
-    text = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    text = valid_unicode(
+        json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    )
     return (
         text.replace("&", "\\u0026")
         .replace("<", "\\u003c")

@@ -223,7 +223,19 @@ def resolve_model(model: str | os.PathLike[str] | None) -> str:
                 "`boxgym tiny-model --seeing` (about an hour on 2 CPU cores), or pass its --out path"
             )
         return str(path)
-    return str(model)
+    text = str(model)
+    path = Path(text).expanduser()
+    if path.exists():
+        return str(path)
+    looks_local = path.is_absolute() or text.startswith((".", "~")) or text.count("/") != 1
+    if looks_local:
+        from boxgym.errors import UserError
+
+        raise UserError(
+            f"no model at {text}: that path does not exist; give a checkpoint directory (with "
+            "config.json) or a hub id such as Qwen/Qwen2-VL-2B-Instruct"
+        )
+    return text
 
 
 def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:

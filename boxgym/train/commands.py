@@ -83,11 +83,7 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"trainer.output_dir={args.output_dir}")
     if args.resume:
         overrides.append("resume_from_checkpoint=true")
-    try:
-        config = load_config(config_cls, args.config, overrides)
-    except (ValueError, TypeError) as error:
-        print(f"error: bad config: {error}", file=sys.stderr)
-        return 2
+    config = load_config(config_cls, args.config, overrides)
     if args.dry_run:
         print(json.dumps(dataclasses.asdict(config), indent=2, default=str))
         return 0
@@ -96,10 +92,6 @@ def run(args: argparse.Namespace) -> int:
         from boxgym.train.sft import run_sft as train
     else:
         from boxgym.train.grpo import run_grpo as train
-    try:
-        adapter = train(config)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    adapter = train(config)
     print(f"adapter: {adapter}")
     return 0

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from boxgym.env.parsing import format_tool_call
+from boxgym.errors import ServerError
 from boxgym.policies.base import Policy
 from boxgym.policies.openai_policy import (
     OpenAIPolicy,
@@ -168,7 +169,7 @@ def test_concurrency_is_bounded_order_kept_and_tool_calls_reserialised(stub):
 def test_server_errors_are_retried_with_backoff():
     server = StubChatServer(delay=0, fail_first=2, status=503)
     try:
-        policy = OpenAIPolicy(base_url=server.url, model="m", max_retries=2, backoff=0.01)
+        policy = OpenAIPolicy(base_url=server.url, model="m", max_retries=2)
         assert policy.act([conversation()], TOOLS)[0].startswith("I count.")
         assert server.requests == 3
     finally:
@@ -178,8 +179,8 @@ def test_server_errors_are_retried_with_backoff():
 def test_client_errors_are_not_retried():
     server = StubChatServer(delay=0, fail_first=5, status=400)
     try:
-        policy = OpenAIPolicy(base_url=server.url, model="m", max_retries=3, backoff=0.01)
-        with pytest.raises(RuntimeError, match="rejected the request \\(400\\)"):
+        policy = OpenAIPolicy(base_url=server.url, model="m", max_retries=3)
+        with pytest.raises(ServerError, match="rejected the request \\(400\\)"):
             policy.act([conversation()], TOOLS)
         assert server.requests == 1
     finally:
@@ -188,11 +189,11 @@ def test_client_errors_are_not_retried():
 
 def test_unreachable_server_fails_fast_naming_the_url():
     url = f"http://127.0.0.1:{free_port()}/v1"
-    policy = OpenAIPolicy(base_url=url, model="m", max_retries=2, backoff=0.01, timeout=2)
+    policy = OpenAIPolicy(base_url=url, model="m", max_retries=2, timeout=2)
     start = time.monotonic()
     with pytest.raises(ServerUnreachableError, match=url.replace(".", "\\.")) as error:
         policy.act([conversation()] * 20, TOOLS)
-    assert "3 attempts" in str(error.value)
+    assert "3 attempt(s)" in str(error.value)
     assert time.monotonic() - start < 10
 
 

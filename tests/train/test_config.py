@@ -136,8 +136,9 @@ def test_train_verb_help_and_dry_run(capsys):
     )
     assert commands.run(args) == 0
     assert '"rank": 4' in capsys.readouterr().out
-    args = parser.parse_args(["grpo", "--set", "lora.rank=-1"])
-    assert commands.run(args) == 2
+    from boxgym.cli import main as boxgym
+
+    assert boxgym(["train", "grpo", "--set", "lora.rank=-1"]) == 2
     assert "lora.rank must be >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parser.parse_args(["grpo", "--help"])

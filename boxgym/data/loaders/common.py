@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from boxgym.data.loaders.cells import BadRow
-from boxgym.data.task import Task
+from boxgym.data.task import Task, unusable_reason
 
 logger = logging.getLogger(__name__)
 
@@ -385,6 +385,10 @@ def _convert_rows(
             if not isinstance(row, dict):
                 raise BadRow("wrong type", f"row is {type(row).__name__}, not a mapping")
             tasks = loader.convert(row, ctx)
+            for task in tasks:
+                reason = unusable_reason(task)
+                if reason is not None:
+                    raise BadRow(reason, task.id)
         except BadRow as bad:
             _count_skip(skip_reasons, loader.name, index, bad.reason, bad.detail)
             continue
