@@ -321,6 +321,13 @@ BAD_ARGUMENTS = [
         (["episodes", "--tasks", "{tmp}", "--out", "{out}"], "no metadata.jsonl"),
         (["episodes", "--tasks", "{tmp}", "--columns", "cnt", "--out", "{out}"], "FIELD=COLUMN"),
         (["scenes", "--family", "planets", "--out", "{out}"], "planets"),
+        (["train", "sft", "--set", "trainer.learning_rat=1e-4", "--dry-run"], "did you mean 'learning_rate'"),
+        (["train", "sft", "--set", "trainer.max_steps=ten", "--dry-run"], "trainer.max_steps"),
+        (["train", "grpo", "--set", "lora.rank=8.5", "--dry-run"], "lora.rank"),
+        (["train", "grpo", "--set", "lora.rank=eight", "--dry-run"], "lora.rank"),
+        (["train", "grpo", "--set", "lora.rnak=8", "--dry-run"], "did you mean 'rank'"),
+        (["train", "sft", "--set", "mixture.weights={smol2operator: 1}", "--dry-run"], "unknown sources"),
+        (["train", "sft", "--set", "trainer=5", "--dry-run"], "trainer"),
 ]  # fmt: skip
 
 # Runs each argv through `boxgym.cli.main` in one interpreter (one start-up instead of one per

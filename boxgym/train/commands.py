@@ -65,7 +65,13 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
     import json
 
-    from boxgym.train.config import GRPORunConfig, SFTRunConfig, describe, load_config
+    from boxgym.train.config import (
+        GRPORunConfig,
+        SFTRunConfig,
+        check_trainer_section,
+        describe,
+        load_config,
+    )
 
     command = getattr(args, "train_command", None)
     if command not in ("sft", "grpo"):
@@ -84,6 +90,12 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         overrides.append("resume_from_checkpoint=true")
     config = load_config(config_cls, args.config, overrides)
+    try:
+        check_trainer_section(config)  # trainer keys and types against TRL's own config
+    except ImportError:
+        if not args.dry_run:
+            raise
+        print("note: trl is not installed, so trainer.* was not checked", file=sys.stderr)
     if args.dry_run:
         print(json.dumps(dataclasses.asdict(config), indent=2, default=str))
         return 0

@@ -8,14 +8,15 @@ dataclasses, and a `trainer` section that is passed through to TRL's `SFTConfig`
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from boxgym.config import ConfigError, check_trainer, typed_section, validate
+from boxgym.config import describe as describe_schema
 
 # LoRA on the language model's seven projections only: the vision tower stays frozen, and vLLM
 # (which merges LoRA into its weights) never sees a vision-tower adapter it would ignore.
@@ -52,6 +53,7 @@ SCENE_FAMILIES = ("screens", "shapes", "clutter")
 LEVELS = ("easy", "medium", "hard")
 
 
+@typed_section
 @dataclass
 class ModelSection:
     """Which model and processor to load, and how images are sized for it."""
@@ -100,6 +102,7 @@ class ModelSection:
             raise ValueError("model.image_min_pixels must not exceed model.image_max_pixels")
 
 
+@typed_section
 @dataclass
 class LoraSection:
     """The LoRA adapter that is trained (the base model stays frozen)."""
@@ -154,6 +157,7 @@ class LoraSection:
         )
 
 
+@typed_section
 @dataclass
 class EnvSection:
     """The environment episodes run in (scripted SFT episodes and GRPO rollouts)."""
@@ -186,6 +190,7 @@ class EnvSection:
             raise ValueError(f"env.difficulty must be one of {LEVELS}, got {self.difficulty!r}")
 
 
+@typed_section
 @dataclass
 class MixtureSection:
     """The SFT mixture: weights per source and where dataset copies live."""
@@ -203,8 +208,8 @@ class MixtureSection:
         default_factory=lambda: {"oracle": 1.0},
         metadata={
             "help": "Relative weight per source: oracle, noisy (scripted episodes that fix their "
-            "own mistakes), nlvr2, smol2operator, pixmo_count, countbench. A dataset source "
-            "needs a local path in `paths`."
+            "own mistakes), nlvr2, aguvis-stage-1, aguvis-stage-2, pixmo-count, countbench. A "
+            "dataset source needs a local path in `paths`."
         },
     )
     paths: dict[str, str] = field(
@@ -251,6 +256,7 @@ class MixtureSection:
                 )
 
 
+@typed_section
 @dataclass
 class TaskSection:
     """The GRPO prompt dataset: one row per task, rebuilt into a Task by the env adapter's reset."""
@@ -284,6 +290,7 @@ def _default_trainer() -> dict[str, Any]:
     return {"output_dir": "runs/train", "report_to": ["tensorboard"], "logging_steps": 1}
 
 
+@typed_section
 @dataclass
 class SFTRunConfig:
     """`boxgym train sft`: SFTTrainer + LoRA on the mixture."""
@@ -316,6 +323,7 @@ class SFTRunConfig:
         _check_trainer(self.trainer)
 
 
+@typed_section
 @dataclass
 class GRPORunConfig:
     """`boxgym train grpo`: GRPOTrainer + LoRA with the env behind environment_factory."""
@@ -365,33 +373,6 @@ def _check_trainer(trainer: dict[str, Any]) -> None:
         )
 
 
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    """Instantiate a (nested) config dataclass from a mapping, rejecting unknown keys."""
-    if not isinstance(data, dict):
-        raise ValueError(f"{where or 'config'} must be a mapping, got {type(data).__name__}")
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known: {sorted(known)}"
-            raise ValueError(f"unknown config key {where + key!r}{hint}")
-        section = _SECTIONS.get(key)
-        if section is not None and value is not None:
-            value = _build(section, value, f"{where}{key}.")
-        kwargs[key] = value
-    return cls(**kwargs)
-
-
-_SECTIONS: dict[str, type] = {
-    "model": ModelSection,
-    "lora": LoraSection,
-    "env": EnvSection,
-    "mixture": MixtureSection,
-    "tasks": TaskSection,
-}
-
-
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `key.sub=value` overrides (values parsed as YAML) to a nested mapping in place."""
     for item in overrides:
@@ -414,35 +395,46 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def load_config(cls: type, path: str | Path | None, overrides: list[str] | None = None) -> Any:
-    """Read a YAML run config, apply overrides, and build `cls` (SFTRunConfig or GRPORunConfig).
+    """Read a YAML run config, apply overrides, and validate it as `cls` (pydantic).
 
     Raises:
-        ValueError: on unknown keys, bad values or a missing file, with a message that says the fix.
+        ConfigError: an unknown key (with the closest known one), a value of the wrong type,
+            a bad value, or a missing file; the message names the key and the fix.
+        yaml.YAMLError: a file that is not YAML (a tab, say); `boxgym.errors.explain` turns it
+            into one line with the position.
     """
     data: dict[str, Any] = {}
     if path is not None:
         file = Path(path)
         if not file.is_file():
-            raise ValueError(f"config file {str(file)!r} does not exist")
-        loaded = parse_yaml(file.read_text()) or {}
+            raise ConfigError(f"config file {str(file)!r} does not exist; check the path")
+        loaded = parse_yaml(file.read_text(encoding="utf-8")) or {}
         if not isinstance(loaded, dict):
-            raise ValueError(f"config file {str(file)!r} must hold a mapping at the top level")
+            raise ConfigError(f"config file {str(file)!r} must hold a mapping at the top level")
         data = loaded
     apply_overrides(data, list(overrides or []))
     if "trainer" in data:
+        if not isinstance(data["trainer"], dict) and data["trainer"] is not None:
+            raise ConfigError(
+                "`trainer` must be a mapping of TRL options (trainer: {max_steps: 5})"
+            )
         data["trainer"] = {**_default_trainer(), **(data["trainer"] or {})}
-    return _build(cls, data, "")
+    return validate(cls, data)
 
 
 def trl_args(config_cls: type, trainer: dict[str, Any], **forced: Any) -> Any:
     """Build a TRL config dataclass from the `trainer` section, naming bad keys helpfully."""
-    known = {f.name for f in dataclasses.fields(config_cls)}
-    for key in trainer:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"unknown trainer option {key!r} for {config_cls.__name__}{hint}")
+    check_trainer(config_cls, trainer)
     return config_cls(**{**trainer, **forced})
+
+
+def check_trainer_section(config: Any) -> None:
+    """Validate `config.trainer` against TRL's SFTConfig / GRPOConfig (imports TRL)."""
+    if isinstance(config, SFTRunConfig):
+        from trl import SFTConfig as trl_config
+    else:
+        from trl import GRPOConfig as trl_config
+    check_trainer(trl_config, config.trainer)
 
 
 def device_defaults() -> dict[str, Any]:
@@ -452,14 +444,6 @@ def device_defaults() -> dict[str, Any]:
     return {"bf16": bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())}
 
 
-def describe(cls: type, prefix: str = "") -> list[str]:
-    """One `key: help` line per field, nested sections included (for `--help-config`)."""
-    lines: list[str] = []
-    for f in dataclasses.fields(cls):
-        section = _SECTIONS.get(f.name)
-        if section is not None and not prefix:
-            lines.append(f"{f.name}:  {f.metadata.get('help', '')}")
-            lines.extend(describe(section, prefix=f"{f.name}."))
-        else:
-            lines.append(f"  {prefix}{f.name}: {f.metadata.get('help', '')}")
-    return lines
+def describe(cls: type) -> list[str]:
+    """`--help-config`: every key with its type, default and help, generated from the schema."""
+    return describe_schema(cls)

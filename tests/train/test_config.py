@@ -58,11 +58,32 @@ def test_load_config_builds_sections_and_keeps_trainer_defaults(tmp_path):
         (["mixture.weights={nlvr2: 1}"], "needs mixture.paths.nlvr2"),
         (["mixture.weights={kittens: 1}"], "unknown sources"),
         (["trainer.output_dir="], "trainer.output_dir is required"),
+        (["lora.rank=8.5"], "lora.rank: Input should be a valid integer"),
+        (["lora.rank=eight"], r"lora.rank: .*got 'eight'"),
+        (["mixture.num_examples=[1]"], "mixture.num_examples: Input should be a valid integer"),
+        (["init_adapter=[a]"], "init_adapter"),
     ],
 )
 def test_bad_configs_say_how_to_fix(overrides, message):
     with pytest.raises(ValueError, match=message):
         load_config(SFTRunConfig, None, overrides)
+
+
+def test_trainer_types_and_names_are_checked_against_trl():
+    from trl import SFTConfig
+
+    from boxgym.config import check_trainer
+    from boxgym.train.config import check_trainer_section
+
+    for override, message in [
+        ("trainer.max_steps=ten", "trainer.max_steps: Input should be a valid integer"),
+        ("trainer.learning_rat=1e-4", "did you mean 'learning_rate'"),
+        ("trainer.learning_rate=fast", "trainer.learning_rate"),
+    ]:
+        config = load_config(SFTRunConfig, None, [override])
+        with pytest.raises(ValueError, match=message):
+            check_trainer_section(config)
+    check_trainer(SFTConfig, {"output_dir": "x", "max_steps": 3, "report_to": ["tensorboard"]})
 
 
 def test_missing_config_file_is_a_clear_error(tmp_path):
@@ -124,6 +145,8 @@ def test_describe_lists_every_section_key():
         "init_adapter",
     ):
         assert key in lines
+    assert "lora.rank (int, default 8)" in lines
+    assert "smol2operator" not in lines and "pixmo-count" in lines
 
 
 def test_train_verb_help_and_dry_run(capsys):
