@@ -221,7 +221,7 @@ def transformers_server(tiny_model_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 240  # a loaded 2-core machine needs minutes to import and load
     try:
         while True:
             try:
@@ -229,8 +229,10 @@ def transformers_server(tiny_model_path):
                     break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
+                    process.kill()  # reading stderr of a live process would block for ever
+                    _, err = process.communicate(timeout=30)
                     raise RuntimeError(
-                        f"transformers serve did not come up: {process.stderr.read().decode()[-2000:]}"
+                        f"transformers serve did not come up: {err.decode()[-2000:]}"
                     ) from None
                 time.sleep(0.5)
         yield f"http://127.0.0.1:{port}/v1"
