@@ -143,6 +143,7 @@ class HFPolicy:
         self.top_p = top_p
         self.top_k = top_k
         self.max_new_tokens = max_new_tokens
+        self.tokens_generated = 0  # reply tokens so far (the progress bar's tokens/s)
         self.seed = seed
         self.reuse_prompts = reuse_prompts
         self.batches_drawn = 0
@@ -201,6 +202,7 @@ class HFPolicy:
         self, conversations: list[Conversation], tools: list[dict[str, Any]]
     ) -> list[str]:
         replies = self._reply_tokens(conversations, tools)
+        self.tokens_generated += sum(len(r) for r in replies)
         decoded = self.processor.tokenizer.batch_decode(replies, skip_special_tokens=False)
         return [clean_completion(text) for text in decoded]
 

@@ -154,6 +154,7 @@ class OpenAIPolicy:
         self.seed = seed
         self.stop = list(stop) if stop else None
         self.requests_sent = 0
+        self.tokens_generated = 0  # completion tokens the server reported (progress tokens/s)
         self._openai = openai
         self._client = openai.OpenAI(
             base_url=self.base_url,
@@ -263,6 +264,10 @@ class OpenAIPolicy:
                 f"{self.base_url} answered with something that is not a chat completion "
                 f"({_short(str(response))!r}); is --base-url an OpenAI-compatible /v1 endpoint?"
             )
+        usage = getattr(response, "usage", None)
+        if usage is not None and isinstance(getattr(usage, "completion_tokens", None), int):
+            with self._lock:
+                self.tokens_generated += usage.completion_tokens
         return completion_text(choices[0].message)
 
 

@@ -44,10 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
     scripted = verb == "episodes"
     parser.add_argument(
         "--scene",
-        default="screens",
-        help="scene family, a comma-separated list of them, or 'all' (tasks alternate families)",
+        help="scene family, a comma-separated list of them, or 'all' (tasks alternate families; "
+        "default: the config's env.family, else screens)",
     )
-    parser.add_argument("--difficulty", default="easy", choices=("easy", "medium", "hard"))
+    parser.add_argument(
+        "--difficulty",
+        choices=("easy", "medium", "hard"),
+        help="scene difficulty (default: the config's env.difficulty, else easy)",
+    )
     parser.add_argument(
         "--n",
         type=int,
@@ -84,6 +88,22 @@ def add_run_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
     run.add_argument("--no-page", action="store_true", help="do not write index.html")
     run.add_argument(
         "--policy-delay", dest="policy_delay_s", type=float, default=0.0, help=argparse.SUPPRESS
+    )
+
+    cfg = parser.add_argument_group("config")
+    cfg.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a run config (the YAML training reads): model, env (family, difficulty, "
+        "scene_knobs, env_kwargs, reward_kwargs), tasks.path, decoding; flags given here win",
+    )
+    cfg.add_argument(
+        "--set",
+        dest="config_overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set env.scene_knobs.image_size=224 (repeatable)",
     )
 
     pol = parser.add_argument_group("policy")
@@ -136,6 +156,38 @@ def add_run_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
 
 
 # ---------------------------------------------------------------------------------- config
+
+
+def apply_run_config(args: argparse.Namespace) -> Any:
+    """Read `--config` / `--set` (validated, `boxgym.train.config.RunConfig`) into `args`.
+
+    A value given as a flag wins; the config fills what was not given. Returns the config, or
+    None when neither option was used.
+    """
+    if not getattr(args, "config", None) and not getattr(args, "config_overrides", None):
+        return None
+    from boxgym.train.config import RunConfig, load_config
+
+    config = load_config(RunConfig, args.config, args.config_overrides)
+
+    def fill(name: str, value: Any) -> None:
+        if getattr(args, name, None) is None and value is not None:
+            setattr(args, name, value)
+
+    fill("scene", config.env.family)
+    fill("difficulty", config.env.difficulty)
+    fill("tasks", config.tasks.path)
+    if config.tasks.columns and not getattr(args, "columns", None):
+        args.columns = ",".join(f"{k}={v}" for k, v in config.tasks.columns.items())
+    if args.policy in ("hf", "vllm"):
+        fill("model", config.model.path)
+        fill("dtype", config.model.dtype if args.policy == "hf" else None)
+    for name in ("temperature", "top_p", "top_k", "max_new_tokens"):
+        fill(name, getattr(config.decoding, name))
+    args.scene_knobs = dict(config.env.scene_knobs)
+    args.env_kwargs = dict(config.env.env_kwargs)
+    args.reward_kwargs = dict(config.env.reward_kwargs)
+    return config
 
 
 def env_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -316,7 +368,17 @@ def execute_run(
 
     if args.group_size < 1:
         raise ValueError(f"--group-size must be >= 1, got {args.group_size}")
-    env_config = EnvConfig().replace(**env_overrides(args))
+    from boxgym.env.rewards import RewardConfig
+
+    try:
+        env_config = EnvConfig(
+            **getattr(args, "env_kwargs", {}),
+            reward=RewardConfig(**getattr(args, "reward_kwargs", {})),
+        ).replace(**env_overrides(args))
+    except TypeError as error:  # an unknown key in env_kwargs / reward_kwargs
+        raise UserError(
+            f"bad env.env_kwargs or env.reward_kwargs in the config: {error}"
+        ) from error
     kwargs = policy_kwargs(args)
     out = Path(args.out)
     config = {
@@ -430,15 +492,20 @@ def run(args: argparse.Namespace) -> int:
 
     if args.verb == "view":
         return run_view(args)
+    apply_run_config(args)
     if args.tasks:
         if args.n is not None and args.n < 1:
             raise ValueError(f"--n must be >= 1, got {args.n}")
         tasks = load_tasks_argument(args, limit=args.n)
         return execute_run(args, tasks, tasks_spec(args, tasks))
     n = args.n if args.n is not None else (16 if args.verb == "episodes" else 64)
-    scenes = parse_scenes(args.scene)
-    tasks = scene_tasks(scenes, n, args.seed, args.difficulty)
-    spec = {"kind": "scenes", "scenes": scenes, "n": n, "difficulty": args.difficulty}
+    scenes = parse_scenes(args.scene or "screens")
+    difficulty = args.difficulty or "easy"
+    knobs = getattr(args, "scene_knobs", {})
+    tasks = scene_tasks(scenes, n, args.seed, difficulty, **knobs)
+    spec = {"kind": "scenes", "scenes": scenes, "n": n, "difficulty": difficulty}
+    if knobs:
+        spec["scene_knobs"] = knobs
     return execute_run(args, tasks, spec)
 
 

@@ -213,9 +213,13 @@ class EpisodeRecorder:
         count_acc = _number(_first(env, "count_correct", "count_exact", "count_accuracy"))
         if count_acc is None and true_count is not None:
             count_acc = float(answered == true_count)
+        # Over answered episodes only: an episode without an answer has no count error (it is
+        # counted by `answered` instead of as if it had answered 0).
         abs_err = _number(_first(env, "count_abs_error", "abs_count_error"))
-        if abs_err is None and true_count is not None:
-            abs_err = float(abs((answered or 0) - true_count))
+        if abs_err is None and true_count is not None and answered is not None:
+            abs_err = float(abs(answered - true_count))
+        if answered is None:
+            abs_err = None
         # Valid-call rate from the call records: attempted calls (malformed ones included) that
         # ran without error; null when the episode attempted no call at all.
         records = [c for t in self._record["turns"] for c in t["calls"] if isinstance(c, dict)]

@@ -26,7 +26,8 @@ HEADLINE_METRICS: dict[str, str] = {
     "reward": "the env's total reward",
     "success": "answer fully correct (count, and items/value/point where the task has them)",
     "count_accuracy": "answered count equals the true count",
-    "count_abs_error": "|answered count - true count| (no answer counts as 0)",
+    "count_abs_error": "|answered count - true count|, over answered episodes only (see answered)",
+    "answered": "episodes that ended with an answer call",
     "enumeration_f1": "F1 of answered item labels vs true labels (multiset)",
     "grounding_f1": "F1 of drawn boxes matched one-to-one at IoU >= 0.5 with agreeing labels",
     "valid_call_rate": "attempted tool calls (malformed ones included) that ran without error; "
@@ -238,6 +239,7 @@ def format_table(summary: dict[str, Any], names: list[str] | None = None) -> str
         "success",
         "count_accuracy",
         "count_abs_error",
+        "answered",
         "enumeration_f1",
         "grounding_f1",
         "valid_call_rate",

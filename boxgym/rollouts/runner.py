@@ -209,6 +209,7 @@ class _Session:
         """One lockstep turn: one `act` call per chunk of live episodes, then every env step."""
         stats = self.stats
         chunk_size = batch_size or len(live)
+        self.show_progress(live)
         for begin in range(0, len(live), chunk_size):
             chunk = live[begin : begin + chunk_size]
             t0 = time.perf_counter()
@@ -222,6 +223,7 @@ class _Session:
                 self._keep_answered(chunk, getattr(error, "partial", None) or {})
                 raise
             spent = time.perf_counter() - t0
+            self.show_progress(live)
             stats.policy_calls += 1
             stats.policy_s += spent
             if len(texts) != len(chunk):
@@ -244,6 +246,27 @@ class _Session:
             # episodes end together at a turn: tqdm skips redraws within `mininterval`, so
             # without this the bar would show the first of them until the next turn's ends
             self.bar.refresh()
+
+    def show_progress(self, live: list[_LiveEpisode]) -> None:
+        """The bar's postfix: the turn the live episodes are on, how many, tokens/s, reward.
+
+        tqdm's own counter, rate and ETA cover the episodes; these say that a long first turn
+        (nothing finished yet) is moving. Tokens/s shows where the policy counts its tokens
+        (`tokens_generated`: the hf policy and servers that report usage).
+        """
+        if self.bar is None:
+            return
+        elapsed = max(1e-9, time.perf_counter() - self.started)
+        postfix: dict[str, str] = {
+            "turn": str(1 + max((ep.turns for ep in live), default=0)),
+            "live": str(len(live)),
+        }
+        tokens = getattr(self.policy, "tokens_generated", None)
+        if isinstance(tokens, int) and tokens > 0:
+            postfix["tok/s"] = f"{tokens / elapsed:.1f}"
+        if self.stats.episodes:
+            postfix["reward"] = f"{self.stats.reward_sum / self.stats.episodes:.3f}"
+        self.bar.set_postfix(postfix, refresh=True)
 
     def _keep_answered(self, chunk: list[_LiveEpisode], partial: dict[int, Any]) -> None:
         """After a failed `act`: step the conversations it answered; store those that ended."""
@@ -269,12 +292,6 @@ class _Session:
             stats.reward_sum += float(reward)
         stats.failures[record["failure"]] = stats.failures.get(record["failure"], 0) + 1
         if self.bar is not None:
-            elapsed = max(1e-9, time.perf_counter() - self.started)
-            self.bar.set_postfix(
-                reward=f"{stats.reward_sum / stats.episodes:.3f}",
-                eps_per_s=f"{stats.episodes / elapsed:.2f}",
-                refresh=False,
-            )
             self.bar.update(1)
         if self.on_episode is not None:
             self.on_episode(record)

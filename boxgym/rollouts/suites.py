@@ -154,12 +154,13 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """List suites, or run one."""
-    from boxgym.rollouts.commands import execute_run
+    from boxgym.rollouts.commands import apply_run_config, execute_run
 
     if args.list:
         for suite in SUITES.values():
             print(f"{suite.name:<14} {suite.description}")
         return 0
+    apply_run_config(args)
     if args.tasks:
         from boxgym.data.loaders.user_tasks import load_tasks_argument, tasks_spec
 

@@ -10,7 +10,6 @@ when it is opened, which keeps a 1,000-episode page quick to load.
 
 from __future__ import annotations
 
-import html
 import json
 from pathlib import Path
 from typing import Any
@@ -34,12 +33,20 @@ def _safe_json(data: Any) -> str:
 
 
 def render_index(episodes: list[dict[str, Any]], summary: dict[str, Any], *, title: str) -> str:
-    """The page's HTML for these episodes and this summary."""
-    template = _TEMPLATE.read_text(encoding="utf-8")
+    """The page's HTML for these episodes and this summary (a Jinja2 template, autoescaped)."""
     payload = {"title": title, "summary": summary, "episodes": episodes}
-    return template.replace("__TITLE__", html.escape(title)).replace(
-        "__DATA__", _safe_json(payload)
+    return _template().render(title=title, data=_safe_json(payload))
+
+
+def _template() -> Any:
+    import jinja2
+
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(_TEMPLATE.parent)),
+        autoescape=True,
+        keep_trailing_newline=True,
     )
+    return environment.get_template(_TEMPLATE.name)
 
 
 def write_index(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 _DESCRIPTIONS = {
     "sft": "Supervised warm start of a LoRA adapter on the mixture (scripted tool-use episodes "
@@ -47,6 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
         )
         command.add_argument("--output-dir", help="Shortcut for --set trainer.output_dir=DIR.")
         command.add_argument(
+            "--run-dir",
+            help="One run's folder: sft writes RUN_DIR/sft, grpo writes RUN_DIR/grpo starting "
+            "from RUN_DIR/sft/adapter (shortcut for --set run_dir=DIR).",
+        )
+        command.add_argument(
             "--resume", action="store_true", help="Resume from the latest checkpoint in output_dir."
         )
         command.add_argument(
@@ -85,6 +91,11 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(describe(config_cls)))
         return 0
     overrides = list(args.overrides)
+    if args.run_dir:  # the run folder decides where this step writes and what GRPO starts from
+        overrides.append(f"run_dir={args.run_dir}")
+        overrides.append(f"trainer.output_dir={Path(args.run_dir) / command}")
+        if command == "grpo":
+            overrides.append(f"init_adapter={Path(args.run_dir) / 'sft' / 'adapter'}")
     if args.output_dir:
         overrides.append(f"trainer.output_dir={args.output_dir}")
     if args.resume:

@@ -188,6 +188,21 @@ class EnvSection:
             raise ValueError(f"env.family must be one of {SCENE_FAMILIES}, got {self.family!r}")
         if self.difficulty not in LEVELS:
             raise ValueError(f"env.difficulty must be one of {LEVELS}, got {self.difficulty!r}")
+        import dataclasses
+        import difflib
+
+        from boxgym.env.config import EnvConfig
+        from boxgym.env.rewards import RewardConfig
+
+        for name, options in (("env_kwargs", EnvConfig), ("reward_kwargs", RewardConfig)):
+            known = [f.name for f in dataclasses.fields(options)]
+            for key in getattr(self, name):
+                if key not in known:
+                    close = difflib.get_close_matches(key, known, n=1)
+                    hint = f"; did you mean {close[0]!r}?" if close else f"; known: {known}"
+                    raise ValueError(
+                        f"env.{name}.{key} is not an option of {options.__name__}{hint}"
+                    )
 
 
 @typed_section
@@ -278,16 +293,91 @@ class TaskSection:
     dataset_split: str | None = field(
         default=None, metadata={"help": "Split of `dataset`; empty: the loader's default."}
     )
+    path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Your tasks (what --tasks takes): an image folder with metadata.jsonl/.csv, "
+            "a .jsonl/.csv/.parquet task file, or a hub id. Used by rollout/eval/episodes and, "
+            "for GRPO, instead of scenes."
+        },
+    )
+    columns: dict[str, str] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Your column names for `path` (what --columns takes): {count: n_screens}."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.num_tasks < 1:
             raise ValueError(f"tasks.num_tasks must be >= 1, got {self.num_tasks}")
         if self.dataset and not self.dataset_path:
             raise ValueError("tasks.dataset needs tasks.dataset_path (a local copy or a hub id)")
+        if self.dataset and self.path:
+            raise ValueError("give tasks.dataset or tasks.path (your own tasks), not both")
+
+
+@typed_section
+@dataclass
+class DecodingSection:
+    """How the run verbs (rollout, eval) sample from a model policy; flags on the command line win."""
+
+    temperature: float | None = field(
+        default=None, metadata={"help": "Sampling temperature; empty: the policy's default."}
+    )
+    top_p: float | None = field(default=None, metadata={"help": "Nucleus sampling mass."})
+    top_k: int | None = field(default=None, metadata={"help": "Top-k sampling; empty: off."})
+    max_new_tokens: int | None = field(
+        default=None, metadata={"help": "Most tokens per assistant turn."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.temperature is not None and self.temperature < 0:
+            raise ValueError(f"decoding.temperature must be >= 0, got {self.temperature}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"decoding.top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError(f"decoding.max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
 
 def _default_trainer() -> dict[str, Any]:
     return {"output_dir": "runs/train", "report_to": ["tensorboard"], "logging_steps": 1}
+
+
+@typed_section
+@dataclass
+class RunConfig:
+    """What `rollout`, `eval` and `episodes` read from a run config (`--config`, `--set`).
+
+    The training sections are validated too, so one file serves every verb: a model trained
+    on `env.scene_knobs: {count: [1, 3], image_size: 224}` is evaluated on that distribution.
+    """
+
+    model: ModelSection = field(
+        default_factory=ModelSection, metadata={"help": "The model (model.path, model.dtype)."}
+    )
+    env: EnvSection = field(
+        default_factory=EnvSection,
+        metadata={"help": "Scene family, difficulty, scene knobs, env and reward options."},
+    )
+    tasks: TaskSection = field(
+        default_factory=TaskSection, metadata={"help": "tasks.path: your own tasks."}
+    )
+    decoding: DecodingSection = field(
+        default_factory=DecodingSection, metadata={"help": "Sampling of model policies."}
+    )
+    lora: LoraSection = field(default_factory=LoraSection, metadata={"help": "Training only."})
+    mixture: MixtureSection = field(
+        default_factory=MixtureSection, metadata={"help": "Training only."}
+    )
+    init_adapter: str | None = field(default=None, metadata={"help": "Training only."})
+    resume_from_checkpoint: str | bool | None = field(
+        default=None, metadata={"help": "Training only."}
+    )
+    run_dir: str | None = field(
+        default=None, metadata={"help": "The training run's folder (see train --help-config)."}
+    )
+    trainer: dict[str, Any] = field(default_factory=dict, metadata={"help": "Training only."})
 
 
 @typed_section
@@ -313,6 +403,18 @@ class SFTRunConfig:
     resume_from_checkpoint: str | bool | None = field(
         default=None,
         metadata={"help": "A checkpoint directory, or true for the latest one in output_dir."},
+    )
+    run_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "One run's folder: SFT writes RUN_DIR/sft, GRPO writes RUN_DIR/grpo and starts "
+            "from RUN_DIR/sft/adapter (unless init_adapter says otherwise), evaluation reads "
+            "RUN_DIR/grpo/adapter. Set it with --run-dir; trainer.output_dir, when given, wins."
+        },
+    )
+    decoding: DecodingSection = field(
+        default_factory=DecodingSection,
+        metadata={"help": "Sampling of the run verbs (rollout, eval); not used by training."},
     )
     trainer: dict[str, Any] = field(
         default_factory=_default_trainer,
@@ -347,6 +449,18 @@ class GRPORunConfig:
     resume_from_checkpoint: str | bool | None = field(
         default=None,
         metadata={"help": "A checkpoint directory, or true for the latest one in output_dir."},
+    )
+    run_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "One run's folder: SFT writes RUN_DIR/sft, GRPO writes RUN_DIR/grpo and starts "
+            "from RUN_DIR/sft/adapter (unless init_adapter says otherwise), evaluation reads "
+            "RUN_DIR/grpo/adapter. Set it with --run-dir; trainer.output_dir, when given, wins."
+        },
+    )
+    decoding: DecodingSection = field(
+        default_factory=DecodingSection,
+        metadata={"help": "Sampling of the run verbs (rollout, eval); not used by training."},
     )
     trainer: dict[str, Any] = field(
         default_factory=_default_trainer,
@@ -413,6 +527,19 @@ def load_config(cls: type, path: str | Path | None, overrides: list[str] | None 
             raise ConfigError(f"config file {str(file)!r} must hold a mapping at the top level")
         data = loaded
     apply_overrides(data, list(overrides or []))
+    if cls is RunConfig:
+        return validate(cls, data)
+    run_dir = data.get("run_dir")
+    if run_dir and not (data.get("trainer") or {}).get("output_dir"):
+        data.setdefault("trainer", {})
+        data["trainer"] = {
+            **(data["trainer"] or {}),
+            "output_dir": str(Path(run_dir) / _stage(cls)),
+        }
+    if run_dir and cls is GRPORunConfig and data.get("init_adapter") in (None, "auto"):
+        data["init_adapter"] = str(Path(run_dir) / "sft" / "adapter")
+    elif data.get("init_adapter") == "auto":
+        raise ConfigError("init_adapter: auto needs run_dir (--run-dir): the SFT run to start from")
     if "trainer" in data:
         if not isinstance(data["trainer"], dict) and data["trainer"] is not None:
             raise ConfigError(
@@ -420,6 +547,10 @@ def load_config(cls: type, path: str | Path | None, overrides: list[str] | None 
             )
         data["trainer"] = {**_default_trainer(), **(data["trainer"] or {})}
     return validate(cls, data)
+
+
+def _stage(cls: type) -> str:
+    return "sft" if cls is SFTRunConfig else "grpo"
 
 
 def trl_args(config_cls: type, trainer: dict[str, Any], **forced: Any) -> Any:

@@ -25,6 +25,7 @@ unknown tool name, a Python-level argument error) are answered by TRL itself
 from __future__ import annotations
 
 import functools
+import json
 from typing import Any, ClassVar
 
 from boxgym.tools.toolbox import TOOL_NAMES, Toolbox
@@ -58,6 +59,15 @@ def task_from_row(row: dict[str, Any], scene_knobs: dict[str, Any] | None = None
         return make_scene_task(
             row["family"], int(row["seed"]), row.get("difficulty") or "easy", **knobs
         )
+    if row.get("user_tasks"):
+        from boxgym.data.loaders.user_tasks import load_user_tasks
+
+        columns = json.loads(row.get("columns") or "{}")
+        key = ("user", row["user_tasks"], row.get("columns") or "{}")
+        if key not in _TASK_CACHE:
+            _TASK_CACHE[key] = load_user_tasks(row["user_tasks"], columns=columns).tasks
+        tasks = _TASK_CACHE[key]
+        return tasks[int(row["task_index"]) % len(tasks)]
     if row.get("dataset"):
         from boxgym.data.loaders import load_dataset_tasks
 
@@ -261,8 +271,16 @@ def grpo_prompt_rows(env_section: Any, tasks_section: Any) -> list[dict[str, Any
     env = make_env(env_section)
     rows = []
     for index in range(tasks_section.num_tasks):
-        if tasks_section.dataset:
+        if getattr(tasks_section, "path", None):
             row: dict[str, Any] = {
+                "user_tasks": tasks_section.path,
+                "columns": json.dumps(dict(tasks_section.columns), sort_keys=True),
+                "task_index": index,
+                "seed": index,
+            }
+            task = task_from_row(row)
+        elif tasks_section.dataset:
+            row = {
                 "dataset": tasks_section.dataset,
                 "dataset_path": tasks_section.dataset_path,
                 "dataset_split": tasks_section.dataset_split,

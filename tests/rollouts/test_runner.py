@@ -261,3 +261,31 @@ def test_run_modules_stay_light() -> None:
         text=True,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_progress_shows_turn_live_episodes_and_tokens(tmp_path, capsys) -> None:
+    class CountingOracle(OraclePolicy):
+        tokens_generated = 0
+
+        def act(self, conversations, tools, tasks=None):
+            self.tokens_generated += 10 * len(conversations)
+            return super().act(conversations, tools, tasks)
+
+    tasks = [make_scene_task("shapes", i, "easy") for i in range(3)]
+    with EpisodeStore(tmp_path / "run") as store:
+        run_rollouts(tasks, CountingOracle(), BoxGymEnv, store, progress=True, max_live=2)
+    err = capsys.readouterr().err
+    assert "turn=" in err and "live=2" in err and "tok/s=" in err and "3/3" in err
+
+
+def test_count_error_covers_answered_episodes_only(tmp_path) -> None:
+    out = tmp_path / "run"
+    args = ["episodes", "--policy", "random", "--n", "6", "--max-turns", "1", "--no-progress",
+            "--no-page", "--out", str(out)]  # fmt: skip
+    assert run_verbs(args) == 0
+    records = read_episodes(out).episodes
+    unanswered = [r for r in records if not r["metrics"]["answered"]]
+    assert unanswered, "the random policy with one turn should leave some episodes unanswered"
+    assert all(r["metrics"]["count_abs_error"] is None for r in unanswered)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metrics"]["count_abs_error"]["n"] == len(records) - len(unanswered)

@@ -127,6 +127,10 @@ def test_page_renders_in_headless_chromium(tmp_path: Path) -> None:
     ):
         assert control in dom
     assert "4 of 4 episodes shown" in dom
+    # the plots and the summary of the shown episodes, drawn from the filtered episodes
+    for title in ("count accuracy by true count", "mean reward by difficulty", "calls per episode"):
+        assert title in dom
+    assert "shown episodes (4)" in dom and "pass@1" in dom
     assert 'data-built="1"' in dom  # the episode named in the URL was opened and its turns built
     assert "turn 1 · reward" in dom and 'src="images/' in dom
     assert "pwned" not in dom.split("<body", 1)[0]  # the hostile text did not run

@@ -120,6 +120,21 @@ def test_default_lora_targets_only_the_language_model(tiny_model_path):
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_shipped_configs_serve_the_run_verbs(name):
+    from boxgym.train.config import RunConfig
+
+    config = load_config(RunConfig, CONFIGS / name)
+    assert config.env.family in ("screens", "shapes", "clutter")
+
+
+def test_tiny_configs_chain_by_their_run_dir():
+    sft = load_config(SFTRunConfig, CONFIGS / "sft_tiny.yaml")
+    grpo = load_config(GRPORunConfig, CONFIGS / "grpo_tiny.yaml")
+    assert grpo.init_adapter == str(Path(sft.trainer["output_dir"]) / "adapter")
+    assert grpo.trainer["output_dir"] == str(Path(grpo.run_dir) / "grpo")
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_shipped_configs_parse(name):
     assert "sft" in name or "grpo" in name, "configs/*.yaml are training configs"
     cls = GRPORunConfig if "grpo" in name else SFTRunConfig
