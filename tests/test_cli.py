@@ -498,3 +498,34 @@ def test_grpo_finds_the_sft_adapter_of_its_run(tmp_path):
     config = json.loads(done.stdout)
     assert config["init_adapter"] == str(tmp_path / "mine" / "sft" / "adapter")
     assert config["trainer"]["output_dir"] == str(tmp_path / "mine" / "grpo")
+
+
+def test_quick_tour_verbs_without_torch_say_what_to_install(tmp_path):
+    """In `make demo`'s core environment (no torch), each model verb says what to install."""
+    Image.new("RGB", (64, 64)).save(tmp_path / "photo.png")
+    argvs = [
+        ["tiny-model", "--out", str(tmp_path / "tiny")],
+        ["playground", "--image", str(tmp_path / "photo.png"), "hi"],
+        ["rollout", "--policy", "hf", "--n", "1", "--out", str(tmp_path / "hf")],
+        ["train", "sft", "--config", str(REPO / "configs/sft_tiny.yaml")],
+    ]
+    blocked = ("torch", "torchvision", "transformers", "trl", "peft", "accelerate")
+    code = (
+        "import sys, json, contextlib, io\n"
+        f"for name in {blocked!r}: sys.modules[name] = None  # as if not installed\n"
+        "from boxgym.cli import main\n"
+        "out = []\n"
+        f"for argv in {argvs!r}:\n"
+        "    err = io.StringIO()\n"
+        "    with contextlib.redirect_stderr(err):\n"
+        "        code = main(argv)\n"
+        "    out.append([code, err.getvalue()])\n"
+        "print(json.dumps(out))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env=ENV)  # fmt: skip
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    for argv, (code, err) in zip(argvs, json.loads(done.stdout.strip().splitlines()[-1])):
+        last = err.strip().splitlines()[-1]
+        assert code == 2 and "Traceback" not in err, (argv, err)
+        assert "pip install -c constraints.txt -e '.[" in last, (argv, last)

@@ -40,6 +40,18 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
     parser.add_argument(
         "--log", type=Path, default=DEFAULT_LOG, help=f"JSONL log to append to ({DEFAULT_LOG})."
     )
+    tools = parser.add_argument_group("the tool loop")
+    tools.add_argument(
+        "--tools",
+        action="store_true",
+        help="Run the env's tool loop (draw_box, crop, label, remove_box, answer) on the first "
+        "image with the prompt as the question, and write the episode page.",
+    )
+    tools.add_argument("--count", type=int, help="--tools: the true count, to score the answer.")
+    tools.add_argument("--max-turns", type=int, default=6, help="--tools: assistant turns at most.")
+    tools.add_argument(
+        "--out", help="--tools: the run folder (default runs/playground/<image>-<time>)."
+    )
 
 
 def load_images(paths: list[str]) -> list[tuple[Path, str, Image.Image]]:
@@ -77,6 +89,42 @@ def append_log(log: Path, record: dict[str, Any]) -> None:
         handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
+def run_tool_loop(args: argparse.Namespace, policy: Any, images: list[Any]) -> int:
+    """One episode of the env on your image: the model calls tools until it answers."""
+    from boxgym.data.task import Task, unusable_reason
+    from boxgym.env import BoxGymEnv, EnvConfig
+    from boxgym.errors import UserError
+    from boxgym.rollouts.metrics import summarize
+    from boxgym.rollouts.runner import run_rollouts
+    from boxgym.rollouts.store import EpisodeStore, read_episodes
+    from boxgym.rollouts.viewer import write_index
+
+    if not images:
+        raise UserError("--tools needs an image: --image photo.png")
+    path, _, image = images[0]
+    answer = {"count": args.count} if args.count is not None else {}
+    task = Task(id=path.stem, images=[image], question=args.prompt, kind="count", answer=answer,
+                source="playground", split="user", meta={"image": str(path)})  # fmt: skip
+    reason = unusable_reason(task)
+    if reason is not None:
+        raise UserError(f"the env cannot use this image or count: {reason}")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out or Path("runs") / "playground" / f"{path.stem}-{stamp}")
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} is not empty; choose another --out")
+    config = EnvConfig(max_turns=args.max_turns)
+    with EpisodeStore(out) as store:
+        run_rollouts([task], policy, lambda: BoxGymEnv(config=config), store, seed=args.seed,
+                     run_info={"policy": "hf", "run": out.name})  # fmt: skip
+    episodes = read_episodes(out).episodes
+    page = write_index(out, episodes, summarize(episodes, seed=args.seed), title=args.prompt)
+    record = episodes[-1]
+    print(f"answer: {record.get('final_answer')}  failure: {record.get('failure')}  "
+          f"reward: {record.get('reward')}  turns: {len(record.get('turns', []))}")  # fmt: skip
+    print(f"page: {page.resolve()}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         images = load_images(args.image)
@@ -98,6 +146,8 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.tools:
+        return run_tool_loop(args, policy, images)
     messages = build_messages(args.prompt, [image for _, _, image in images], args.system)
     start = time.perf_counter()
     response = policy.act([messages], tools=[])[0]

@@ -87,3 +87,19 @@ def test_messages_follow_the_shared_format():
             "content": [{"type": "image", "image": image}, {"type": "text", "text": "Count."}],
         },
     ]
+
+
+def test_tool_loop_on_your_image_writes_the_episode_page(tiny_model_path, tmp_path, capsys):
+    from boxgym.rollouts.store import read_episodes
+
+    photo = tmp_path / "tv.png"
+    Image.new("RGB", (96, 64), "green").save(photo)
+    out = tmp_path / "run"
+    argv = ["How many screens are there?", "--tools", "--image", str(photo), "--count", "2",
+            "--model", str(tiny_model_path), "--max-new-tokens", "4", "--max-turns", "2",
+            "--device", "cpu", "--out", str(out)]  # fmt: skip
+    assert playground.run(parse(argv)) == 0
+    (record,) = read_episodes(out).episodes
+    assert record["task"]["id"] == "tv" and record["task"]["answer"] == {"count": 2}
+    assert 1 <= len(record["turns"]) <= 2  # the env ran the loop (answered or truncated)
+    assert (out / "index.html").is_file() and "page:" in capsys.readouterr().out
