@@ -146,3 +146,21 @@ def test_noise_is_deterministic_and_bounded(side: int) -> None:
     arr = np.asarray(one).astype(float)
     assert 12 < arr.std() < 30  # about 0.5 * 40 grey levels, clipped
     assert add_noise(scene, 0.0, Draws(np.random.default_rng(1))) is scene
+
+
+@pytest.mark.parametrize("size", [(1344, 600), (700, 2100), (2100, 1100)])
+def test_noise_beyond_the_bank_is_the_bank_read_modulo_its_side(size: tuple[int, int]) -> None:
+    from boxgym.data.scenes.layout import _NOISE_SIDE, _scaled_noise_bank
+
+    w, h = size
+    scene = Image.new("RGB", size, (128, 128, 128))
+    noisy = np.asarray(add_noise(scene, 0.5, Draws(np.random.default_rng(3)))).astype(int)
+    draws = Draws(np.random.default_rng(3))
+    ox = draws.integer(0, max(0, _NOISE_SIDE - w))
+    oy = draws.integer(0, max(0, _NOISE_SIDE - h))
+    pos, neg = _scaled_noise_bank(0.5)
+    rows = (np.arange(h) + oy) % _NOISE_SIDE
+    cols = (np.arange(w) + ox) % _NOISE_SIDE
+    expected = np.clip(128 + pos[np.ix_(rows, cols)].astype(int), 0, 255)
+    expected = np.clip(expected - neg[np.ix_(rows, cols)], 0, 255)
+    assert np.array_equal(noisy, expected)

@@ -418,12 +418,21 @@ def _scaled_noise_bank(level: float) -> tuple[np.ndarray, np.ndarray]:
     return cv2.convertScaleAbs(pos, alpha=level), cv2.convertScaleAbs(neg, alpha=level)
 
 
+@lru_cache(maxsize=2)
+def _tiled_noise_bank(level: float, tiles: int) -> tuple[np.ndarray, np.ndarray]:
+    """The scaled bank repeated `tiles` times along each side, for images larger than it: a
+    window of this is what indexing the bank modulo its side gives, at the cost of a slice."""
+    pos, neg = _scaled_noise_bank(level)
+    return np.tile(pos, (tiles, tiles, 1)), np.tile(neg, (tiles, tiles, 1))
+
+
 def add_noise(scene: Image.Image, level: float, r: Draws) -> Image.Image:
     """The scene with RGB noise of standard deviation `40 * level` grey levels added (clipped).
 
-    The noise is a window of a fixed bank at an offset drawn from `r` (tiled for images larger
-    than the bank), so it is deterministic per scene and costs two saturating adds. `level` is
-    used to 3 decimals.
+    The noise is a window of a fixed bank at an offset drawn from `r`, so it is deterministic per
+    scene and costs two saturating adds. Images larger than the bank read a window of a cached
+    tiled copy of it (the same pixels as indexing the bank modulo its side, at the cost per
+    pixel of a small image). `level` is used to 3 decimals.
     """
     if level <= 0:
         return scene
@@ -433,12 +442,9 @@ def add_noise(scene: Image.Image, level: float, r: Draws) -> Image.Image:
     pos, neg = _scaled_noise_bank(round(level, 3))
     ox = r.integer(0, max(0, _NOISE_SIDE - w))
     oy = r.integer(0, max(0, _NOISE_SIDE - h))
-    if w <= _NOISE_SIDE and h <= _NOISE_SIDE:
-        p, n = pos[oy : oy + h, ox : ox + w], neg[oy : oy + h, ox : ox + w]
-    else:  # larger than the bank: tile it
-        rows = (np.arange(h) + oy) % _NOISE_SIDE
-        cols = (np.arange(w) + ox) % _NOISE_SIDE
-        p, n = pos[np.ix_(rows, cols)], neg[np.ix_(rows, cols)]
+    if w > _NOISE_SIDE or h > _NOISE_SIDE:  # larger than the bank: a window of it tiled
+        pos, neg = _tiled_noise_bank(round(level, 3), -(-max(w, h) // _NOISE_SIDE))
+    p, n = pos[oy : oy + h, ox : ox + w], neg[oy : oy + h, ox : ox + w]
     arr = cv2.subtract(cv2.add(np.asarray(scene), p), n)
     return Image.fromarray(arr)
 
