@@ -25,6 +25,7 @@ model as a message and to the caller in `info`.
 from __future__ import annotations
 
 import copy
+import json
 from collections import Counter
 from typing import Any
 
@@ -117,6 +118,7 @@ class BoxGymEnv(gym.Env[list, str]):
         self.action_space = AssistantTextSpace(config.max_action_chars)
         self._toolbox = Toolbox(**config.toolbox_kwargs())
         self._task: Task | None = None
+        self._ground_truth_json = "{}"  # the task's ground truth, serialised at reset
         self._messages: list[dict[str, Any]] = []
         self._reset_counters()
 
@@ -199,6 +201,9 @@ class BoxGymEnv(gym.Env[list, str]):
         super().reset(seed=seed)
         task = self._draw_task(options or {})
         self._task = task
+        # Serialised once per episode; each info gets a fresh copy parsed from it (Gymnasium
+        # wants new info data on every call), several times cheaper than a deep copy.
+        self._ground_truth_json = json.dumps(task.ground_truth())
         self._reset_counters()
         self._toolbox._start(task.images, kind=task.kind)
         messages: list[dict[str, Any]] = []
@@ -220,7 +225,7 @@ class BoxGymEnv(gym.Env[list, str]):
         info = {
             "task_id": task.id,
             "kind": task.kind,
-            "ground_truth": copy.deepcopy(task.ground_truth()),
+            "ground_truth": json.loads(self._ground_truth_json),
             "image_sizes": [list(s) for s in self._toolbox.image_sizes],
             "view_sizes": [list(im.size) for im in self._toolbox.view_images],
             "coordinate_frame": self.config.coordinate_frame,
@@ -375,7 +380,7 @@ class BoxGymEnv(gym.Env[list, str]):
             "valid_call_rate": (self._calls - self._failed_calls) / attempted if attempted else 0.0,
             "num_turns": float(self._turns),
             "num_empty_turns": float(self._empty_turns),
-            "num_boxes": float(len(self._toolbox.boxes)),
+            "num_boxes": float(self._toolbox.box_count),
             "tool_images": float(self._toolbox.tool_images_returned),
             "answered": float(self._toolbox.answered),
             "truncated": float(self._truncated),
@@ -442,7 +447,7 @@ class BoxGymEnv(gym.Env[list, str]):
             "reward_components": components.to_dict() if components else {},
             "metrics": self._metrics(components),
             "failure": (failure or self._failure(components)) if components else "in_progress",
-            "ground_truth": copy.deepcopy(self._task.ground_truth()),
+            "ground_truth": json.loads(self._ground_truth_json),
         }
         if done:
             self._final_info = info

@@ -9,7 +9,7 @@ part (see research.md), so an episode resizes its image once and draws in that s
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -120,8 +120,108 @@ class Mark:
     box: tuple[float, float, float, float]
 
 
+@dataclass(frozen=True)
+class MarkDrawing:
+    """Where one mark's pixels go on an image of a given size (see `layout_mark`).
+
+    Attributes:
+        box_id: the box's number (decides the colour).
+        line: outline width in px.
+        corners: the box's rounded corners (x1, y1, x2, y2), inclusive.
+        tag: the tag's filled rectangle (x1, y1, x2, y2), inclusive.
+        text: the tag's text; text_origin: where `ImageDraw.text` puts it.
+        font_size: the label font size.
+        extent: every pixel the mark can touch, (x0, y0, x1, y1) with exclusive ends, clipped
+            to the image: redrawing this region redraws the mark completely.
+    """
+
+    box_id: int
+    line: int
+    corners: tuple[int, int, int, int]
+    tag: tuple[int, int, int, int]
+    text: str
+    text_origin: tuple[int, int]
+    font_size: int
+    extent: tuple[int, int, int, int]
+
+
+def layout_mark(
+    mark: Mark, image_size: tuple[int, int], max_label_chars: int = 24
+) -> MarkDrawing | None:
+    """How `draw_marks` draws `mark` on an image of `image_size`; None when it is outside."""
+    width, height = image_size
+    font = label_font(font_size_for(image_size))
+    line = max(2, round(min(width, height) / 300))
+    x1, y1, x2, y2 = (round(v) for v in mark.box)
+    x2, y2 = max(x2, x1 + 1), max(y2, y1 + 1)
+    if x2 < 0 or y2 < 0 or x1 >= width or y1 >= height:
+        return None
+    text = f"{mark.box_id}: {mark.label}" if mark.label else str(mark.box_id)
+    if len(text) > max_label_chars:
+        text = text[: max_label_chars - 1] + "…"
+    left, top, right, bottom = _text_bbox(text, font.size)
+    if right - left > (x2 - x1) + font.size:  # a small box: its number only, to hide less
+        text = str(mark.box_id)
+        left, top, right, bottom = _text_bbox(text, font.size)
+    tw, th = right - left + 4, bottom - top + 4
+    tx = min(max(0, x1), max(0, width - tw))
+    ty = y1 - th if y1 - th >= 0 else max(0, y1)
+    # 2 px of slack around the outline's outer rim and the tag (anti-aliased text included).
+    extent = (
+        max(0, min(x1 - line, tx) - 2),
+        max(0, min(y1 - line, ty) - 2),
+        min(width, max(x2 + line, tx + tw) + 3),
+        min(height, max(y2 + line, ty + th) + 3),
+    )
+    return MarkDrawing(
+        mark.box_id,
+        line,
+        (x1, y1, x2, y2),
+        (tx, ty, tx + tw, ty + th),
+        text,
+        (tx + 2 - left, ty + 2 - top),
+        font.size,
+        extent,
+    )
+
+
+@lru_cache(maxsize=4096)
+def _text_bbox(text: str, font_size: int) -> tuple[int, int, int, int]:
+    """`ImageDraw.textbbox((0, 0), text)` in the label font (tags repeat: cached)."""
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=label_font(font_size))
+    return int(left), int(top), int(right), int(bottom)
+
+
+def paint_mark(draw: ImageDraw.ImageDraw, drawing: MarkDrawing, dx: int = 0, dy: int = 0) -> None:
+    """Draw a laid-out mark, shifted by (dx, dy) (to draw into a window of the image).
+
+    Each box gets an outline in its colour with a dark rim outside and a light rim inside, so
+    it shows on any background, and a tag "id: label" on a filled background.
+    """
+    colour = box_colour(drawing.box_id)
+    line = drawing.line
+    x1, y1, x2, y2 = drawing.corners
+    x1, y1, x2, y2 = x1 + dx, y1 + dy, x2 + dx, y2 + dy
+    draw.rectangle((x1 - line, y1 - line, x2 + line, y2 + line), outline=(0, 0, 0), width=1)
+    draw.rectangle((x1, y1, x2, y2), outline=colour, width=line)
+    if x2 - x1 > 2 * line + 2 and y2 - y1 > 2 * line + 2:
+        draw.rectangle(
+            (x1 + line, y1 + line, x2 - line, y2 - line), outline=(255, 255, 255), width=1
+        )
+    tx1, ty1, tx2, ty2 = drawing.tag
+    draw.rectangle((tx1 + dx, ty1 + dy, tx2 + dx, ty2 + dy), fill=colour)
+    ox, oy = drawing.text_origin
+    draw.text(
+        (ox + dx, oy + dy),
+        drawing.text,
+        fill=_text_colour(colour),
+        font=label_font(drawing.font_size),
+    )
+
+
 def draw_marks(image: Image.Image, marks: Sequence[Mark], max_label_chars: int = 24) -> None:
-    """Draw numbered, labelled boxes onto `image` in place.
+    """Draw numbered, labelled boxes onto `image` in place, in order.
 
     Each box gets an outline in its colour (with a dark rim outside and a light rim inside, so it
     shows on any background) and a tag "id: label" on a filled background, above the box when
@@ -131,34 +231,39 @@ def draw_marks(image: Image.Image, marks: Sequence[Mark], max_label_chars: int =
     if not marks:
         return
     draw = ImageDraw.Draw(image)
-    width, height = image.size
-    font = label_font(font_size_for(image.size))
-    line = max(2, round(min(width, height) / 300))
     for mark in marks:
-        colour = box_colour(mark.box_id)
-        x1, y1, x2, y2 = (round(v) for v in mark.box)
-        x2, y2 = max(x2, x1 + 1), max(y2, y1 + 1)
-        if x2 < 0 or y2 < 0 or x1 >= width or y1 >= height:
-            continue
-        # A dark rim outside and a white rim inside keep the box visible on any colour.
-        draw.rectangle((x1 - line, y1 - line, x2 + line, y2 + line), outline=(0, 0, 0), width=1)
-        draw.rectangle((x1, y1, x2, y2), outline=colour, width=line)
-        if x2 - x1 > 2 * line + 2 and y2 - y1 > 2 * line + 2:
-            draw.rectangle(
-                (x1 + line, y1 + line, x2 - line, y2 - line), outline=(255, 255, 255), width=1
-            )
-        text = f"{mark.box_id}: {mark.label}" if mark.label else str(mark.box_id)
-        if len(text) > max_label_chars:
-            text = text[: max_label_chars - 1] + "…"
-        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-        if right - left > (x2 - x1) + font.size:  # a small box: its number only, to hide less
-            text = str(mark.box_id)
-            left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-        tw, th = right - left + 4, bottom - top + 4
-        tx = min(max(0, x1), max(0, width - tw))
-        ty = y1 - th if y1 - th >= 0 else max(0, y1)
-        draw.rectangle((tx, ty, tx + tw, ty + th), fill=colour)
-        draw.text((tx + 2 - left, ty + 2 - top), text, fill=_text_colour(colour), font=font)
+        drawing = layout_mark(mark, image.size, max_label_chars)
+        if drawing is not None:
+            paint_mark(draw, drawing)
+
+
+def overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    """Whether two (x0, y0, x1, y1) regions with exclusive ends share a pixel."""
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def redraw_region(
+    marked: Image.Image,
+    clean: Image.Image,
+    drawings: Iterable[MarkDrawing],
+    region: tuple[int, int, int, int],
+) -> None:
+    """Make `region` of `marked` what drawing `drawings` in order on `clean` gives there.
+
+    Only the marks that reach the region are drawn, into a copy of the clean window, so an
+    edit costs what the boxes around it cost, not what every box costs. Drawing is
+    translation-exact (integer corners and text origins), so the result is pixel-identical to
+    redrawing every mark on a fresh copy of `clean`.
+    """
+    x0, y0, x1, y1 = region
+    if x1 <= x0 or y1 <= y0:
+        return
+    window = clean.crop(region)
+    draw = ImageDraw.Draw(window)
+    for drawing in drawings:
+        if overlaps(drawing.extent, region):
+            paint_mark(draw, drawing, -x0, -y0)
+    marked.paste(window, (x0, y0))
 
 
 def crop_size(

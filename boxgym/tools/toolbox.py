@@ -19,16 +19,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from boxgym.tools.arguments import ToolArgumentError, as_answer, as_integer, as_label, as_number
 from boxgym.tools.canvas import (
     PATCH,
     Mark,
+    MarkDrawing,
     crop_array,
     crop_size,
     draw_marks,
     fit_to_patch_grid,
+    layout_mark,
+    paint_mark,
+    redraw_region,
     resize_array,
     to_rgb_array,
 )
@@ -169,6 +173,10 @@ class Toolbox:
         self._views: list[Image.Image] = []  # clean working images, on the patch grid
         self._marked: list[Image.Image] = []  # working images with the live boxes drawn
         self._boxes: dict[int, DrawnBox] = {}  # live boxes by id, in drawing order
+        # Per live box, made once when it is drawn or relabelled, so a step never redoes
+        # every box: its `info` JSON, and where its mark lies on its working image.
+        self._box_json: dict[int, dict[str, Any]] = {}
+        self._drawings: dict[int, MarkDrawing | None] = {}
         self._next_id = 1
         self._answer: dict[str, Any] | None = None
         self._tool_images = 0  # images handed back by draw_box/crop (for the tool bonus)
@@ -190,6 +198,8 @@ class Toolbox:
             self._views.append(Image.fromarray(resize_array(array, size)))
         self._marked = [view.copy() for view in self._views]
         self._boxes = {}
+        self._box_json = {}
+        self._drawings = {}
         self._next_id = 1
         self._answer = None
         self._tool_images = 0
@@ -230,8 +240,27 @@ class Toolbox:
         """A copy of working image `index` with the live boxes drawn."""
         return self._marked[index].copy()
 
+    @property
+    def box_count(self) -> int:
+        """How many boxes are live."""
+        return len(self._boxes)
+
     def _boxes_json(self) -> list[dict[str, Any]]:
-        return [b.to_json(self._frame, self._sizes[b.image]) for b in self._boxes.values()]
+        """The live boxes as `info` shows them: fresh copies of JSON made once per box."""
+        return [
+            {**b, "box": list(b["box"]), "pixels": list(b["pixels"])}
+            for b in self._box_json.values()
+        ]
+
+    def _set_box(self, box: DrawnBox) -> MarkDrawing | None:
+        """Store a new or relabelled box with its JSON and its mark's layout; the old layout."""
+        self._boxes[box.box_id] = box
+        self._box_json[box.box_id] = box.to_json(self._frame, self._sizes[box.image])
+        old = self._drawings.get(box.box_id)
+        self._drawings[box.box_id] = layout_mark(
+            self._working_mark(box), self._views[box.image].size
+        )
+        return old
 
     def _call(self, name: str, arguments: Any) -> tuple[Blocks, bool]:
         """Run tool `name` with a dict of `arguments`, checking names first; (blocks, ok)."""
@@ -317,24 +346,35 @@ class Toolbox:
             )
         return pixels
 
-    def _working_marks(self, index: int) -> list[Mark]:
-        w, h = self._sizes[index]
-        vw, vh = self._views[index].size
+    def _working_mark(self, box: DrawnBox) -> Mark:
+        """`box` in the pixels of its working image."""
+        w, h = self._sizes[box.image]
+        vw, vh = self._views[box.image].size
         sx, sy = vw / w, vh / h
-        return [
-            Mark(
-                b.box_id,
-                b.label,
-                (b.pixels[0] * sx, b.pixels[1] * sy, b.pixels[2] * sx, b.pixels[3] * sy),
-            )
-            for b in self._boxes.values()
-            if b.image == index
-        ]
+        p = box.pixels
+        return Mark(box.box_id, box.label, (p[0] * sx, p[1] * sy, p[2] * sx, p[3] * sy))
 
-    def _redraw(self, index: int) -> None:
-        marked = self._views[index].copy()
-        draw_marks(marked, self._working_marks(index))
-        self._marked[index] = marked
+    def _redraw(self, index: int, *regions: tuple[int, int, int, int] | None) -> None:
+        """Redraw the union of `regions` of working image `index` from its clean view.
+
+        Only the marks reaching that rectangle are drawn again (`redraw_region`), so an edit
+        costs what the boxes near it cost; the result is what redrawing every box gives.
+        """
+        boxes = [r for r in regions if r is not None]
+        if not boxes:
+            return
+        union = (
+            min(r[0] for r in boxes),
+            min(r[1] for r in boxes),
+            max(r[2] for r in boxes),
+            max(r[3] for r in boxes),
+        )
+        drawings = (
+            d
+            for box_id, d in self._drawings.items()
+            if d is not None and self._boxes[box_id].image == index
+        )
+        redraw_region(self._marked[index], self._views[index], drawings, union)
 
     def _crop_image(self, index: int, region: tuple[float, ...], show_boxes: bool) -> Image.Image:
         x1, y1, x2, y2 = region
@@ -405,15 +445,17 @@ class Toolbox:
                     "remove_box a wrong one or answer"
                 )
             box = DrawnBox(self._next_id, text, index, pixels)
-            self._boxes[box.box_id] = box
+            self._set_box(box)
             self._next_id += 1
-            shown = box.to_json(self._frame, self._sizes[index])["box"]
+            shown = self._box_json[box.box_id]["box"]
             message = (
                 f'Box {box.box_id} "{text}" drawn at ({", ".join(f"{v:g}" for v in shown)})'
                 f"{' on image 1' if index else ''}{_far_edge_note(self._frame, shown)}. "
                 f"{self._box_summary()}"
             )
-            draw_marks(self._marked[index], self._working_marks(index)[-1:])
+            drawing = self._drawings[box.box_id]
+            if drawing is not None:
+                paint_mark(ImageDraw.Draw(self._marked[index]), drawing)
             blocks: Blocks = []
             if self._draw_box_returns in ("image", "both"):
                 blocks.append(self._show_marked(index))
@@ -481,7 +523,9 @@ class Toolbox:
         def body() -> Blocks:
             box = self._box(box_id)
             text = as_label("label", label)
-            self._boxes[box.box_id] = DrawnBox(box.box_id, text, box.image, box.pixels)
+            old = self._set_box(DrawnBox(box.box_id, text, box.image, box.pixels))
+            new = self._drawings[box.box_id]
+            self._redraw(box.image, old and old.extent, new and new.extent)
             return self._after_edit(box.image, f'Box {box.box_id} is now labelled "{text}".')
 
         return self._run("label", body)
@@ -498,7 +542,9 @@ class Toolbox:
 
         def body() -> Blocks:
             box = self._box(box_id)
-            del self._boxes[box.box_id]
+            del self._boxes[box.box_id], self._box_json[box.box_id]
+            old = self._drawings.pop(box.box_id)
+            self._redraw(box.image, old and old.extent)
             return self._after_edit(box.image, f"Box {box.box_id} removed. {self._box_summary()}")
 
         return self._run("remove_box", body)
@@ -560,7 +606,6 @@ class Toolbox:
         return self._boxes[number]
 
     def _after_edit(self, index: int, message: str) -> Blocks:
-        self._redraw(index)
         if self._draw_box_returns in ("image", "both"):
             return [self._show_marked(index), {"type": "text", "text": message}]
         return _text(message)

@@ -276,3 +276,36 @@ def test_pixel_frame_boxes_are_shown_without_float_noise():
     tb = toolbox(coordinate_frame="pixels", draw_box_returns="text")
     tb.draw_box(0.1 * 288, 10, 0.3 * 288, 50, "screen")  # 0.1 * 288 == 28.799999999999997
     assert tb._boxes_json()[0]["box"] == [28.8, 10.0, 86.4, 50.0]
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    boxes=st.lists(
+        st.tuples(
+            st.integers(0, 900), st.integers(0, 900), st.integers(20, 400), st.integers(20, 400)
+        ),
+        min_size=2,
+        max_size=12,
+    ),
+    edits=st.lists(st.tuples(st.booleans(), st.integers(0, 11)), min_size=1, max_size=6),
+)
+def test_incremental_edits_equal_redrawing_every_box(boxes, edits):
+    """Relabel and remove redraw only the region they touch: the result must be exactly what
+    drawing every live box afresh on the clean view gives."""
+    from boxgym.tools.canvas import draw_marks
+
+    tb = toolbox()
+    for i, (x, y, w, h) in enumerate(boxes):
+        tb.draw_box(x, y, min(1000, x + w), min(1000, y + h), f"object {i}")
+    for relabel, pick in edits:
+        live = [b.box_id for b in tb.boxes]
+        if not live:
+            break
+        box_id = live[pick % len(live)]
+        if relabel:
+            tb.label(box_id, f"a much longer label {pick}")
+        else:
+            tb.remove_box(box_id)
+    expected = tb.view_images[0].copy()
+    draw_marks(expected, [tb._working_mark(b) for b in tb.boxes])
+    assert tb._marked_image(0).tobytes() == expected.tobytes()
