@@ -37,7 +37,7 @@ def time_steps(threads: int, steps: int) -> dict[str, float]:
 
     torch.set_num_threads(threads)
     recipe = SeeingRecipe()
-    batcher = Batcher(build_processor())
+    batcher = Batcher(build_processor(), recipe.digit_weight)
     vocab = reply_vocabulary(batcher)
     torch.manual_seed(0)
     model = Qwen2VLForConditionalGeneration(seeing_config(recipe))

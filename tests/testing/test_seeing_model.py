@@ -155,6 +155,23 @@ def test_killed_build_resumes_from_its_partial_state(tmp_path):
     assert log["step"] == recipe.total_steps
 
 
+def test_grounding_digits_weigh_more_and_normalisation_is_checked():
+    from boxgym.testing.seeing_model import Batcher
+    from boxgym.testing.tiny_model import build_processor
+
+    batcher = Batcher(build_processor(), digit_weight=2.0)
+    ground = make_example("ground", 4)
+    ids = batcher.reply_ids(ground.reply)
+    weights = batcher.reply_weights(ids, "ground")
+    digits = [w for t, w in zip(ids, weights) if t in batcher.digit_ids]
+    assert digits and set(digits) == {2.0}
+    assert 1.0 in weights
+    count = batcher.reply_ids("3")
+    assert batcher.reply_weights(count, "count") == [1.0, 1.0]
+    with pytest.raises(ValueError, match="loss_normalization"):
+        replace(SeeingRecipe(), loss_normalization="batch")
+
+
 def test_recipe_overrides_are_typed():
     assert recipe_with(["full_steps=10", "lr=0.002"]).full_steps == 10
     assert recipe_with(["mrope_section=[4,6,6]"]).mrope_section == (4, 6, 6)
