@@ -138,7 +138,7 @@ def test_killed_build_resumes_from_its_partial_state(tmp_path):
     )
     process = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL)
     state = out.with_name("model.partial") / "state.pt"
-    deadline = time.time() + 120
+    deadline = time.time() + 600
     while not state.is_file() and time.time() < deadline:
         time.sleep(0.2)
     process.kill()
