@@ -11,7 +11,26 @@ own (`max_retries`: connection errors, timeouts, 408/409/429 and 5xx, with its e
 backoff). Each attempt has a whole-request deadline of `timeout` seconds (`DeadlineTransport`):
 httpx's timeouts are per read, so a server that trickles a byte a second would never time out.
 When the server cannot be reached after the retries, or answers with something that is not a
-chat completion, `act` fails fast with one line naming the URL and the cause.
+chat completion, `act` fails fast with one line naming the URL and the cause. Several
+`base_url`s (a fleet of `vllm serve` replicas) share the requests round-robin by request index.
+
+What a `vllm serve` (0.33) request must carry, read from its source:
+- `tool_choice`: vLLM turns a missing `tool_choice` into "auto" when `tools` are given
+  (`ChatCompletionRequest.check_tool_usage` in
+  `vllm/entrypoints/openai/chat_completion/protocol.py`), and "auto", "required" or a named tool
+  answer HTTP 400 unless the server runs with a `--tool-call-parser`
+  (`vllm/renderers/online_renderer.py`). "none" passes on every server and still renders the
+  tools into the prompt through the chat template (unless the server was started with
+  `--exclude-tools-when-tool-choice-none`, which would hide the tools from the model: do not use
+  it); the reply comes back as raw text, which the env parses itself. So the "vllm" dialect
+  sends `tool_choice="none"` (as TRL 1.16's own vLLM client does, trl/generation/vllm_client.py).
+- `skip_special_tokens`: None means true (`to_sampling_params` in the same protocol file), which
+  strips Qwen2-VL's `<|object_ref_start|>`/`<|box_start|>` grounding tokens from the reply; the
+  "vllm" dialect sends false, and `spaces_between_special_tokens` false, because vLLM's
+  detokenizer otherwise joins the pieces around added tokens with spaces
+  (`vllm/tokenizers/detokenizer_utils.py`).
+The "generic" dialect (hosted APIs, `transformers serve`, which answers 422 to unknown fields)
+sends standard fields only, with `tool_choice="auto"`, and re-serialises structured tool calls.
 """
 
 from __future__ import annotations
@@ -31,6 +50,13 @@ from PIL import Image
 from boxgym.errors import ServerError
 from boxgym.policies.base import Conversation
 from boxgym.policies.prompting import clean_completion, normalize_messages
+
+DIALECTS: tuple[str, ...] = ("vllm", "generic")
+# vLLM's own sampling fields, sent in the request body beside the standard ones.
+VLLM_EXTRA_BODY: dict[str, Any] = {
+    "skip_special_tokens": False,
+    "spaces_between_special_tokens": False,
+}
 
 
 class ServerUnreachableError(ServerError, ConnectionError):
@@ -104,7 +130,8 @@ class OpenAIPolicy:
     """A policy that asks an OpenAI-compatible chat-completions server.
 
     Args:
-        base_url: the server's API root, e.g. "http://127.0.0.1:8000/v1".
+        base_url: the server's API root, e.g. "http://127.0.0.1:8000/v1", or a list of them
+            (replicas serving the same model): request i of the run goes to base_url[i % n].
         model: the model name the server knows.
         api_key: sent as bearer token (local servers accept anything).
         max_concurrency: requests in flight at most.
@@ -115,13 +142,15 @@ class OpenAIPolicy:
         seed: base seed; request i of the run gets seed + i (servers that honour it repeat).
         stop: extra stop strings. Servers end the turn at the model's eos (`<|im_end|>`) by
             themselves; `transformers serve` 5.23 fails on stop strings with VLM processors.
+        dialect: "vllm" (`vllm serve`: tool_choice "none", special tokens kept) or "generic"
+            (standard fields only, tool_choice "auto"); see the module docstring.
     """
 
     name = "openai"
 
     def __init__(
         self,
-        base_url: str = "http://127.0.0.1:8000/v1",
+        base_url: str | list[str] = "http://127.0.0.1:8000/v1",
         model: str = "default",
         api_key: str = "EMPTY",
         max_concurrency: int = 8,
@@ -132,18 +161,28 @@ class OpenAIPolicy:
         max_new_tokens: int = 256,
         seed: int | None = 0,
         stop: list[str] | None = None,
+        dialect: str = "vllm",
     ) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
         if max_retries < 0 or timeout <= 0:
             raise ValueError("max_retries must be >= 0 and timeout > 0")
+        if dialect not in DIALECTS:
+            raise ValueError(f"dialect must be one of {DIALECTS}, got {dialect!r}")
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        if not urls or not all(isinstance(u, str) and u for u in urls):
+            raise ValueError(
+                f"base_url must be a URL or a non-empty list of URLs, got {base_url!r}"
+            )
         try:
             import openai
         except ImportError as error:
             raise ImportError(
                 "the openai policy needs the `openai` client: pip install boxgym[model]"
             ) from error
-        self.base_url = base_url.rstrip("/")
+        self.base_urls = [u.rstrip("/") for u in urls]
+        self.base_url = self.base_urls[0]
+        self.dialect = dialect
         self.model = str(model)
         self.max_concurrency = max_concurrency
         self.timeout = timeout
@@ -156,15 +195,19 @@ class OpenAIPolicy:
         self.requests_sent = 0
         self.tokens_generated = 0  # completion tokens the server reported (progress tokens/s)
         self._openai = openai
-        self._client = openai.OpenAI(
-            base_url=self.base_url,
-            api_key=api_key,
-            timeout=timeout,
-            max_retries=max_retries,
-            http_client=openai.DefaultHttpxClient(
-                transport=DeadlineTransport(deadline_s=timeout), timeout=timeout
-            ),
-        )
+        self._clients = [
+            openai.OpenAI(
+                base_url=url,
+                api_key=api_key,
+                timeout=timeout,
+                max_retries=max_retries,
+                http_client=openai.DefaultHttpxClient(
+                    transport=DeadlineTransport(deadline_s=timeout), timeout=timeout
+                ),
+            )
+            for url in self.base_urls
+        ]
+        self._client = self._clients[0]
         self._lock = threading.Lock()
 
     def request_kwargs(self, index: int) -> dict[str, Any]:
@@ -178,7 +221,16 @@ class OpenAIPolicy:
             kwargs["stop"] = self.stop
         if self.seed is not None:
             kwargs["seed"] = self.seed + index
+        if self.dialect == "vllm":
+            kwargs["extra_body"] = dict(VLLM_EXTRA_BODY)
         return kwargs
+
+    def tool_kwargs(self, tools: list[dict[str, Any]]) -> dict[str, Any]:
+        """`tools` and the dialect's `tool_choice`; nothing when there are no tools (vLLM
+        rejects an empty `tools` list)."""
+        if not tools:
+            return {}
+        return {"tools": tools, "tool_choice": "none" if self.dialect == "vllm" else "auto"}
 
     def act(
         self,
@@ -226,42 +278,44 @@ class OpenAIPolicy:
         stop: threading.Event,
     ) -> str:
         openai = self._openai
+        client = self._clients[index % len(self._clients)]
+        url = self.base_urls[index % len(self._clients)]
         if stop.is_set():
-            raise ServerUnreachableError(f"request abandoned: {self.base_url} already failed")
+            raise ServerUnreachableError(f"request abandoned: {url} already failed")
         attempts = f"{self.max_retries + 1} attempt(s), {self.timeout:g}s each"
         try:
-            response = self._client.chat.completions.create(
+            response = client.chat.completions.create(
                 model=self.model,
                 messages=messages,
-                tools=tools or openai.omit,
+                **self.tool_kwargs(tools),
                 **self.request_kwargs(index),
             )
         except openai.APITimeoutError as error:
             raise ServerUnreachableError(
-                f"{self.base_url} did not answer in time ({attempts}); is the server overloaded? "
+                f"{url} did not answer in time ({attempts}); is the server overloaded? "
                 "raise --timeout or lower --max-concurrency"
             ) from error
         except openai.APIConnectionError as error:
             raise ServerUnreachableError(
-                f"cannot reach {self.base_url} ({attempts}: {error.__cause__ or error}); "
+                f"cannot reach {url} ({attempts}: {error.__cause__ or error}); "
                 "is the server running there? check --base-url"
             ) from error
         except openai.APIStatusError as error:
             retried = error.status_code in (408, 409, 429) or error.status_code >= 500
             raise ServerError(
-                f"{self.base_url} rejected the request ({error.status_code}"
+                f"{url} rejected the request ({error.status_code}"
                 + (f" after {attempts}" if retried else "")
                 + f"): {_short(error.message)}; check the server's log, --model and the options"
             ) from error
         except openai.APIResponseValidationError as error:
             raise ServerError(
-                f"{self.base_url} answered with something that is not a chat completion "
+                f"{url} answered with something that is not a chat completion "
                 f"({_short(str(error))}); is --base-url an OpenAI-compatible /v1 endpoint?"
             ) from error
         choices = getattr(response, "choices", None)
         if not choices or getattr(choices[0], "message", None) is None:
             raise ServerError(
-                f"{self.base_url} answered with something that is not a chat completion "
+                f"{url} answered with something that is not a chat completion "
                 f"({_short(str(response))!r}); is --base-url an OpenAI-compatible /v1 endpoint?"
             )
         usage = getattr(response, "usage", None)

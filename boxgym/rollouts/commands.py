@@ -127,7 +127,17 @@ def add_run_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
         pol.add_argument("--max-new-tokens", type=int)
         pol.add_argument("--device", help="hf: auto, cpu, cuda, ...")
         pol.add_argument("--dtype", help="hf: auto, bfloat16, float16, float32")
-        pol.add_argument("--base-url", help="openai: the server's /v1 URL")
+        pol.add_argument(
+            "--base-url",
+            action="append",
+            help="openai: the server's /v1 URL; repeat it for replicas (requests round-robin)",
+        )
+        pol.add_argument(
+            "--dialect",
+            choices=("vllm", "generic"),
+            help="openai: 'vllm' (vllm serve: tool_choice none, special tokens kept; default) "
+            "or 'generic' (standard fields only: hosted APIs, transformers serve)",
+        )
         pol.add_argument("--api-key", help="openai: API key (default: none)")
         pol.add_argument("--max-concurrency", type=int, help="openai: requests in flight at once")
         pol.add_argument(
@@ -214,8 +224,8 @@ def policy_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """Constructor arguments for the policy (None values are dropped by `make_policy`)."""
     names = (
         "model", "adapter", "temperature", "top_p", "top_k", "max_new_tokens", "device", "dtype",
-        "base_url", "api_key", "max_concurrency", "gpu_memory_utilization", "max_model_len",
-        "calls_per_turn", "timeout", "max_retries",
+        "base_url", "dialect", "api_key", "max_concurrency", "gpu_memory_utilization",
+        "max_model_len", "calls_per_turn", "timeout", "max_retries",
     )  # fmt: skip
     out = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     out["seed"] = args.seed

@@ -163,6 +163,7 @@ def test_concurrency_is_bounded_order_kept_and_tool_calls_reserialised(stub):
     assert texts == [f"I count.\n{format_tool_call('answer', {'count': 10 + i})}" for i in range(9)]
     body = stub.bodies[0]
     assert body["tools"] == TOOLS and body["stop"] == ["<|im_end|>"]
+    assert body["tool_choice"] == "none" and body["skip_special_tokens"] is False
     assert body["max_tokens"] == 256 and body["temperature"] == 1.0
 
 
@@ -254,6 +255,7 @@ def test_real_transformers_serve_with_tiny_model(transformers_server, tiny_model
         max_new_tokens=6,
         seed=1,
         timeout=60,
+        dialect="generic",  # transformers serve answers 422 to vLLM's extra fields
     )
     texts = policy.act([conversation(), conversation(with_tool_turn=True)], TOOLS)
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
@@ -265,7 +267,9 @@ def test_real_transformers_serve_with_tiny_model(transformers_server, tiny_model
 def test_server_sees_the_same_prompt_tokens_as_our_renderer(transformers_server, tiny_model_path):
     from boxgym.policies.prompting import load_processor, prepare_inputs
 
-    policy = OpenAIPolicy(base_url=transformers_server, model=str(tiny_model_path), timeout=60)
+    policy = OpenAIPolicy(
+        base_url=transformers_server, model=str(tiny_model_path), timeout=60, dialect="generic"
+    )
     processor = load_processor(tiny_model_path)
     messages = conversation(with_tool_turn=True)
     response = policy._client.chat.completions.create(
