@@ -114,7 +114,17 @@ def answer_arguments(
     return {"x": x, "y": y}
 
 
-CALL_FORMATS: tuple[str, ...] = ("json", "grounding")
+CALL_FORMATS: tuple[str, ...] = ("json", "grounding", "plain")
+
+
+def plain_answer(arguments: dict[str, Any]) -> str:
+    """The answer of an `answer` call in words, as a zero-shot reply (`boxgym.env.zero_shot`):
+    the count, "true"/"false", or the point "(x, y)"."""
+    if "count" in arguments:
+        return str(arguments["count"])
+    if "value" in arguments:
+        return "true" if arguments["value"] else "false"
+    return f"({arguments['x']:g}, {arguments['y']:g})"
 
 
 def _render(calls: list[Call], call_format: str = "json") -> str:
@@ -183,6 +193,12 @@ class _PlannedPolicy:
         for conversation, item in zip(conversations, tasks):
             task, episode_seed = unpack_task(item)
             plan = self.plan(task, episode_seed)
+            if self.call_format == "plain":  # zero-shot: only the plan's answer, in words
+                answers = [args for name, args in plan if name == "answer"]
+                texts.append(
+                    plain_answer(answers[-1] if answers else answer_arguments(task, self.frame))
+                )
+                continue
             done = calls_already_made(conversation)
             chunk = plan[done : done + self.calls_per_turn]
             if not chunk:  # the plan ran out (e.g. the env refused the answer): answer again

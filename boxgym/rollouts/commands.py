@@ -163,6 +163,13 @@ def add_run_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
     env.add_argument(
         "--no-system-prompt", action="store_true", help="start without the system message"
     )
+    if not scripted:
+        env.add_argument(
+            "--no-tools",
+            action="store_true",
+            help="zero-shot: no tools, one plain reply, the answer read out of the text "
+            "(boxgym.env.zero_shot; scripted policies answer in words)",
+        )
 
 
 # ---------------------------------------------------------------------------------- config
@@ -231,6 +238,8 @@ def policy_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     out["seed"] = args.seed
     if args.policy in ("oracle", "noisy", "random"):
         out["frame"] = getattr(args, "frame", None) or "qwen"
+        if getattr(args, "no_tools", False):
+            out["call_format"] = "plain"
     if args.batch_size is not None and args.policy in ("hf", "vllm"):
         out["batch_size"] = args.batch_size
     return out
@@ -351,12 +360,16 @@ def check_model_paths(args: argparse.Namespace) -> None:
         )
 
 
-def make_env_factory(env_config: Any) -> Any:
-    """A zero-argument callable building a fresh `BoxGymEnv` with this config."""
+def make_env_factory(env_config: Any, zero_shot: bool = False) -> Any:
+    """A zero-argument callable building a fresh `BoxGymEnv` (a `ZeroShotEnv` when
+    `zero_shot`) with this config."""
     from boxgym.env import BoxGymEnv
+    from boxgym.env.zero_shot import ZeroShotEnv
+
+    env_class = ZeroShotEnv if zero_shot else BoxGymEnv
 
     def make() -> Any:
-        return BoxGymEnv(config=env_config)
+        return env_class(config=env_config)
 
     return make
 
@@ -404,6 +417,9 @@ def execute_run(
         "max_live": args.max_live,
         "policy_delay_s": args.policy_delay_s,
     }
+    zero_shot = bool(getattr(args, "no_tools", False))
+    if zero_shot:  # recorded only when on, so runs written before the option still resume
+        config["zero_shot"] = True
     check_model_paths(args)
     lock = RunLock(out)
     try:
@@ -430,7 +446,7 @@ def execute_run(
                 stats = run_rollouts(
                     tasks,
                     policy,
-                    make_env_factory(env_config),
+                    make_env_factory(env_config, zero_shot),
                     store,
                     group_size=args.group_size,
                     seed=args.seed,

@@ -88,6 +88,7 @@ def test_special_tokens_are_stripped_unless_asked_to_keep_them():
         "spaces_between_special_tokens": False,
     }
     assert "extra_body" not in OpenAIPolicy(model="m", dialect="generic").request_kwargs(0)
+    assert policy.tool_kwargs([]) == {}  # zero-shot: no tools, no tool_choice
 
 
 def test_requests_spread_over_several_base_urls(oracle_server, tmp_path):

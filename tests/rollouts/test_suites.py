@@ -84,3 +84,27 @@ def test_dataset_suites_run_the_oracle_on_a_local_copy(tmp_path, suite, dataset,
     episodes = read_episodes(out).episodes
     assert episodes and all(ep["metrics"]["success"] == 1.0 for ep in episodes)
     assert all(ep["reward"] == pytest.approx(ep["metrics"]["max_reward"]) for ep in episodes)
+
+
+@pytest.mark.parametrize(
+    ("suite", "dataset", "split"),
+    [
+        ("countbench", "countbench", "test"),
+        ("nlvr2", "nlvr2", "validation"),
+        ("pixmo-count", "pixmo-count", "validation"),
+    ],
+)
+def test_zero_shot_eval_scores_plain_answers(tmp_path, suite, dataset, split) -> None:
+    """`eval --no-tools`: no tools, a plain reply (the oracle answers in words), scored right."""
+    path = write_sample_dataset(dataset, tmp_path / dataset, layout="jsonl", splits=(split,))
+    out = tmp_path / "run"
+    argv = ["eval", "--suite", suite, "--data-path", str(path), "--no-tools", "--policy"]
+    argv += ["oracle", "--no-progress", "--no-page", "--out", str(out)]
+    assert run_verbs(argv) == 0
+    episodes = read_episodes(out).episodes
+    assert episodes and all(ep["failure"] == "none" for ep in episodes)
+    assert all(
+        len(ep["turns"]) == 1 and "<tool_call>" not in ep["turns"][0]["assistant"]
+        for ep in episodes
+    )
+    assert json.loads((out / "run.json").read_text())["zero_shot"] is True
