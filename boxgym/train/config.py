@@ -462,6 +462,14 @@ class GRPORunConfig:
         default_factory=DecodingSection,
         metadata={"help": "Sampling of the run verbs (rollout, eval); not used by training."},
     )
+    over_turn_masking: bool = field(
+        default=False,
+        metadata={
+            "help": "Mask episodes that ran over the turn or call budget unanswered out of the "
+            "loss (Mini-o3's over-turn masking; TRL's mask_truncated_completions only masks "
+            "completions cut by max_completion_length)."
+        },
+    )
     trainer: dict[str, Any] = field(
         default_factory=_default_trainer,
         metadata={"help": "Passed to trl.GRPOConfig (num_generations, use_vllm, vllm_mode, ...)."},
@@ -469,10 +477,15 @@ class GRPORunConfig:
 
     def __post_init__(self) -> None:
         _check_trainer(self.trainer)
-        if self.trainer.get("use_vllm") and self.lora.qlora:
+        # TRL 1.16 colocate mode passes quantization="bitsandbytes" to vllm.LLM when the model
+        # holds bnb Linear4bit layers (trl/generation/vllm_generation.py), so QLoRA works there;
+        # server mode pushes weights to a separately started server, never checked with 4-bit.
+        mode = self.trainer.get("vllm_mode", "colocate")
+        if self.trainer.get("use_vllm") and self.lora.qlora and mode != "colocate":
             raise ValueError(
-                "lora.qlora with trainer.use_vllm is not supported: vLLM loads the "
-                "unquantised base; set lora.qlora=false"
+                "lora.qlora with trainer.use_vllm needs trainer.vllm_mode=colocate (TRL passes "
+                "the 4-bit quantization to its own vLLM engine only); set vllm_mode: colocate "
+                "or lora.qlora: false"
             )
 
 

@@ -28,9 +28,13 @@ log = logging.getLogger(__name__)
 def grpo_args(config: GRPORunConfig, processor: Any = None) -> Any:
     """The `trl.GRPOConfig`: the `trainer` section over boxgym's defaults.
 
-    `max_tool_calling_iterations` defaults to the env's turn budget minus one (the first turn is
-    not a tool iteration); on the transformers path the vision special tokens are suppressed in
-    generation (a sampled one would break the image/feature count, TRL #3847).
+    `max_tool_calling_iterations` defaults to the env's turn budget: TRL runs the calls of a
+    generation only while iterations remain, so with `max_turns` iterations the calls of the
+    last allowed turn still run (one generation more follows; the env adapter ignores it). The
+    vision special tokens are banned in generation (a sampled one would break the image/feature
+    count, TRL #3847): `suppress_tokens` on the transformers path, `logit_bias` -100 on the vLLM
+    path (`SamplingParams(**generation_kwargs)` in trl/generation/vllm_generation.py for
+    colocate; the OpenAI `logit_bias` field in server mode).
     """
     from trl import GRPOConfig
 
@@ -42,29 +46,40 @@ def grpo_args(config: GRPORunConfig, processor: Any = None) -> Any:
         "gradient_checkpointing": False,
         "save_strategy": "steps",
         "report_to": ["tensorboard"],
-        "max_tool_calling_iterations": max(1, env_config.max_turns - 1),
+        "max_tool_calling_iterations": env_config.max_turns,
         "log_completions": False,
     }
     trainer = {**defaults, **config.trainer}
-    if processor is not None and not trainer.get("use_vllm"):
+    if processor is not None:
         from boxgym.policies.prompting import vision_token_ids
 
         kwargs = dict(trainer.get("generation_kwargs") or {})
-        kwargs.setdefault("suppress_tokens", vision_token_ids(processor))
+        if trainer.get("use_vllm"):
+            kwargs.setdefault("logit_bias", dict.fromkeys(vision_token_ids(processor), -100.0))
+        else:
+            kwargs.setdefault("suppress_tokens", vision_token_ids(processor))
         trainer["generation_kwargs"] = kwargs
     return trl_args(GRPOConfig, trainer, remove_unused_columns=False)
 
 
 def _trainer_class() -> type:
+    import trl.trainer.grpo_trainer as grpo_module
     from trl import GRPOTrainer
 
     from boxgym.train import trl_environment
 
     class BoxGymGRPOTrainer(GRPOTrainer):
-        """GRPOTrainer that renders the tools in the env's order, marks generation rounds (env
-        turn counting) and logs the env's metrics."""
+        """GRPOTrainer that renders the tools in the env's order, parses tool calls the env's
+        way, marks generation rounds (env turn counting), optionally masks over-turn episodes
+        out of the loss, and logs the env's metrics."""
 
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
+        def __init__(
+            self, *args: Any, env_config: Any = None, over_turn_masking: bool = False, **kwargs: Any
+        ) -> None:
+            from boxgym.env import EnvConfig
+
+            self.env_config = env_config if env_config is not None else EnvConfig()
+            self.over_turn_masking = over_turn_masking
             super().__init__(*args, **kwargs)
             # TRL lists an environment's tools alphabetically (inspect.getmembers); the env, the
             # rollouts and the SFT data render them in TOOL_NAMES order. The order is part of the
@@ -73,6 +88,27 @@ def _trainer_class() -> type:
             for name, tools in self._env_tools.items():
                 self._env_tools[name] = trl_environment.in_tool_order(tools)
             self.tools = trl_environment.in_tool_order(self.tools)
+
+        def _generate(self, prompts: list) -> Any:
+            # TRL 1.16 parses every completion with the module-level `parse_response`
+            # (trl/trainer/grpo_trainer.py, in `_generate` and `_tool_call_loop`); parse with
+            # the env's parser instead, so grounding-token calls and malformed calls are read
+            # exactly as `BoxGymEnv.step` reads them.
+            original = grpo_module.parse_response
+            grpo_module.parse_response = trl_environment.env_parse_response(self.env_config)
+            try:
+                return super()._generate(prompts)
+            finally:
+                grpo_module.parse_response = original
+
+        def _generate_and_score_completions(self, inputs: Any) -> Any:
+            output = super()._generate_and_score_completions(inputs)
+            if self.over_turn_masking and self.environments:
+                keep = over_turn_keep_mask(self.environments)
+                if keep is not None:
+                    mask = output["completion_mask"]
+                    output["completion_mask"] = mask * keep.to(mask.device, mask.dtype)[:, None]
+            return output
 
         def _generate_single_turn(self, *args: Any, **kwargs: Any) -> Any:
             trl_environment.GENERATION_ROUND[0] += 1
@@ -100,12 +136,28 @@ def _trainer_class() -> type:
     return BoxGymGRPOTrainer
 
 
+def over_turn_keep_mask(environments: list[Any]) -> Any:
+    """A float tensor, 0 for each rollout whose episode ran over the turn or call budget without
+    an answer (Mini-o3's over-turn masking: such completions carry no policy gradient), 1
+    otherwise; None when no rollout ran over."""
+    import torch
+
+    over = [bool(getattr(env, "over_turn", False)) for env in environments]
+    if not any(over):
+        return None
+    return torch.tensor([0.0 if o else 1.0 for o in over])
+
+
 def build_grpo_trainer(config: GRPORunConfig) -> Any:
     """The configured `GRPOTrainer` (model, adapter, prompt dataset, environment), not yet run."""
     from datasets import Dataset
 
+    from boxgym.train.mixture import make_env
     from boxgym.train.modeling import attach_adapter, load_base_model, load_processor
     from boxgym.train.trl_environment import environment_class, grpo_prompt_rows
+
+    def env_config(section: Any) -> Any:
+        return make_env(section).config
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     processor = load_processor(config.model)
@@ -124,6 +176,8 @@ def build_grpo_trainer(config: GRPORunConfig) -> Any:
         train_dataset=Dataset.from_list(rows),
         processing_class=processor,
         environment_factory=environment_class(config.env),
+        env_config=env_config(config.env),
+        over_turn_masking=config.over_turn_masking,
     )
 
 

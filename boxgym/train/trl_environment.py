@@ -12,14 +12,23 @@ blocks (images included) back as tool messages, and finally calls `get_reward()`
   TRL renders is exactly the env's first two messages.
 - the tool methods are `Toolbox`'s own tools (same signatures and docstrings, so TRL derives the
   env's schemas) and run on the env's toolbox, with the env's checks and error texts.
-- `get_reward` scores the episode with the env's `score_episode`, counting turns the way the env
-  does (one turn per generation that made calls); calls after `answer` are not part of the
-  episode (the env would have ended it).
+- tool calls are parsed the env's way: the trainer (`boxgym.train.grpo`) replaces TRL's
+  `parse_response` with `completion_message`, which reads a completion with the env's
+  `parse_tool_calls` (Hermes JSON and Qwen2-VL grounding tokens, the per-turn call limit), so
+  grounding-token calls run in GRPO as in rollouts; malformed calls reach `_run_call` as calls
+  carrying the env's error text and count as the env counts them.
+- `get_reward` scores the episode with the env's `score_episode`, counting what `BoxGymEnv.step`
+  counts for the same turns (one turn per generation): calls after `answer` in the answering
+  turn are run and fail as in the env; generations after the env would have ended the episode
+  (after the answering turn, after `max_turns` turns, or after the turn that used up
+  `max_calls`) are not part of the episode. `tests/train/test_one_reward.py` replays scripted
+  episodes through both and compares the rewards.
+- `over_turn`: the episode hit the turn or call budget without an answer; with the GRPO
+  option `over_turn_masking` the trainer masks such completions out of the loss (Mini-o3).
 Finished episodes' metrics go to `EPISODE_LOG`, which the GRPO trainer drains into its logs.
 
-Known difference from `BoxGymEnv.step`: calls TRL cannot parse or dispatch (malformed JSON, an
-unknown tool name, a Python-level argument error) are answered by TRL itself
-(`{'error': ...}`) and counted in TRL's `tools/failure_frequency`, not here.
+Known difference from `BoxGymEnv.step`: a reply without any call ends TRL's episode (one empty
+turn, unanswered), where the env would ask again.
 """
 
 from __future__ import annotations
@@ -38,6 +47,54 @@ EPISODE_LOG: list[dict[str, float]] = []
 # Per generation that TRL ran with tool-returned images in its inputs: the number of images.
 TOOL_IMAGE_ROUNDS: list[int] = []
 ANSWER_GIVEN_MESSAGE = "Error: the answer was already given; the episode is over."
+# Private argument keys `completion_message` adds to a call (TRL passes arguments through).
+PARSE_ERROR_KEY = "_boxgym_parse_error"
+FRAME_KEY = "_boxgym_frame"
+END_TOKENS: tuple[str, ...] = ("<|im_end|>", "<|endoftext|>")
+
+
+def completion_message(text: str, env_config: Any) -> dict[str, Any]:
+    """A completion as TRL's assistant message, its tool calls parsed the env's way.
+
+    Each item of `parse_tool_calls(text)` becomes a TRL tool call: a valid call with its
+    arguments (a grounding call also carries its frame under `FRAME_KEY`), a malformed one as a
+    call of its tool (or `draw_box` when the name is unknown) carrying the env's error message
+    under `PARSE_ERROR_KEY`. No items: no `tool_calls`, which ends TRL's episode.
+    """
+    from boxgym.env.parsing import ParseError, parse_tool_calls
+
+    for token in END_TOKENS:
+        text = text.split(token, 1)[0]
+    parsed = parse_tool_calls(
+        text, max_chars=env_config.max_action_chars, max_calls=env_config.max_calls_per_turn
+    )
+    calls = []
+    for item in parsed.items:
+        if isinstance(item, ParseError):
+            name = item.name if item.name in TOOL_NAMES else TOOL_NAMES[0]
+            arguments: dict[str, Any] = {PARSE_ERROR_KEY: item.message}
+        else:
+            name, arguments = item.name, dict(item.arguments)
+            if item.frame is not None:
+                arguments[FRAME_KEY] = item.frame
+        calls.append({"type": "function", "function": {"name": name, "arguments": arguments}})
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if calls:
+        message["tool_calls"] = calls
+    return message
+
+
+def env_parse_response(env_config: Any) -> Any:
+    """A stand-in for `trl.chat_template_utils.parse_response` that parses the env's way."""
+
+    def parse_response(
+        tokenizer: Any, ids: list[int], prefix: Any = None, tools: Any = None
+    ) -> dict[str, Any]:
+        text = tokenizer.decode(ids, skip_special_tokens=False)
+        return completion_message(text, env_config)
+
+    return parse_response
+
 
 _TASK_CACHE: dict[tuple[str, str, str | None], list[Any]] = {}
 
@@ -114,10 +171,11 @@ class BoxGymToolEnv:
         self._clear()
 
     def _clear(self) -> None:
-        self._calls = 0  # calls run (valid or not), up to the answer
-        self._invalid = 0  # calls that returned an error
-        self._refused = 0  # calls refused by the per-turn or episode call budget
-        self._rounds: list[int] = []  # generation round of each call run
+        self._calls = 0  # calls run (valid or not), as the env counts them
+        self._invalid = 0  # calls that returned an error, and malformed calls
+        self._refused = 0  # calls refused by the per-turn or episode call budget (not invalid)
+        self._rounds: list[int] = []  # generation round of each call (malformed ones too)
+        self._run_rounds: list[int] = []  # generation round of each call run
         self._closing: dict[str, Any] | None = None  # the outcome frozen at `answer`
         self._tool_counts: dict[str, int] = dict.fromkeys(TOOL_NAMES, 0)
         self._reward: float | None = None
@@ -165,14 +223,22 @@ class BoxGymToolEnv:
 
         if not self._started:
             return [{"type": "text", "text": "Error: the environment was not reset."}]
-        if self._closing is not None:  # the env ends the episode at `answer`
+        config = self._env.config
+        current = GENERATION_ROUND[0]
+        if self._ended_before(current):  # the env would have ended the episode by now
             return [{"type": "text", "text": ANSWER_GIVEN_MESSAGE}]
+        self._rounds.append(current)  # this generation is one of the episode's turns
+        parse_error = kwargs.pop(PARSE_ERROR_KEY, None)
+        frame = kwargs.pop(FRAME_KEY, None)
+        if parse_error is not None:  # malformed: never run, counted invalid, as in the env
+            self._invalid += 1
+            return [{"type": "text", "text": f"Error: {parse_error}"}]
         if args:  # TRL passes keywords; map stray positionals onto the signature's names
             names = [p for p in inspect.signature(getattr(Toolbox, name)).parameters if p != "self"]
             kwargs = {**dict(zip(names, args)), **kwargs}
-        config = self._env.config
-        current = GENERATION_ROUND[0]
-        if self._rounds.count(current) >= config.max_calls_per_turn:
+        if frame is not None and name == "draw_box":
+            kwargs = self._env._frame_arguments(kwargs, frame)
+        if self._run_rounds.count(current) >= config.max_calls_per_turn:
             self._refused += 1
             return [
                 {
@@ -189,14 +255,32 @@ class BoxGymToolEnv:
                 }
             ]
         self._calls += 1
-        self._rounds.append(current)
+        self._run_rounds.append(current)
         self._tool_counts[name] = self._tool_counts.get(name, 0) + 1
         blocks, ok = self._env.toolbox._call(name, kwargs)
         if not ok:
             self._invalid += 1
-        if self._env.toolbox.answered:
-            self._closing = {"turns": len(set(self._rounds)), "truncated": False}
+        if self._env.toolbox.answered and self._closing is None:
+            self._closing = {"turns": len(set(self._rounds)), "round": current}
         return blocks
+
+    def _ended_before(self, current: int) -> bool:
+        """Whether the env would have ended the episode before generation `current`: it was
+        answered, or the turn or call budget was used up, in an earlier turn."""
+        if not self._rounds or current == self._rounds[-1]:
+            return False
+        config = self._env.config
+        if self._closing is not None:
+            return True
+        return len(set(self._rounds)) >= config.max_turns or self._calls >= config.max_calls
+
+    @property
+    def over_turn(self) -> bool:
+        """The episode ended unanswered by the turn or call budget (Mini-o3's over-turn)."""
+        config = self._env.config
+        return self._closing is None and (
+            len(set(self._rounds)) >= config.max_turns or self._calls >= config.max_calls
+        )
 
     def _outcome(self) -> Any:
         from boxgym.env import EpisodeOutcome
@@ -204,6 +288,8 @@ class BoxGymToolEnv:
         toolbox = self._env.toolbox
         if self._closing is not None:
             turns, empty, truncated = self._closing["turns"], 0, False
+        elif self.over_turn:  # the env truncated at the budget: no further turn
+            turns, empty, truncated = len(set(self._rounds)), 0, True
         else:
             turns = len(set(self._rounds))
             # TRL ends an episode at the first reply without calls (one empty turn) or at its
@@ -218,7 +304,7 @@ class BoxGymToolEnv:
             boxes=[(b.label, b.image, b.pixels) for b in toolbox.boxes],
             answer=toolbox.final_answer,
             num_calls=self._calls,
-            num_invalid_calls=self._invalid + self._refused + empty,
+            num_invalid_calls=self._invalid,
             num_turns=turns,
             empty_turns=empty,
             tool_images=toolbox.tool_images_returned,
