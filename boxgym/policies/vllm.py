@@ -34,6 +34,16 @@ from boxgym.policies.prompting import (
 INSTALL_HINT = "the vllm policy needs vLLM (CUDA only): pip install boxgym[vllm]"
 
 
+def episode_image_limit(env_config: Any, task_images: int = 1) -> int:
+    """The most images one episode's conversation can hold: the task's images plus one image per
+    call that can return one (two with `draw_box_returns="both"`), for as many calls as the turn
+    and call budgets allow. `limit_mm_per_prompt` must be at least this, or `generate` raises
+    part-way through a run (vLLM's check in its multimodal input processing)."""
+    calls = min(env_config.max_calls, env_config.max_turns * env_config.max_calls_per_turn)
+    per_call = 2 if env_config.draw_box_returns == "both" else 1
+    return int(task_images) + calls * per_call
+
+
 def import_vllm() -> Any:
     """vLLM's `LLM`, `SamplingParams` and `LoRARequest`, or an ImportError naming the extra."""
     try:
@@ -53,7 +63,9 @@ class VLLMPolicy:
         max_lora_rank: the largest LoRA rank the engine accepts (when `adapter` is set).
         gpu_memory_utilization: fraction of GPU memory vLLM may take.
         max_model_len: context length to allocate for (prompt + completion).
-        limit_mm_per_prompt: images per prompt at most (the original image, plus tool images).
+        limit_mm_per_prompt: images per prompt at most (the task's images plus tool images);
+            `boxgym rollout/eval --policy vllm` sets it to `episode_image_limit(env config,
+            the run's largest task image count)` unless given.
         enable_prefix_caching: reuse the KV cache of shared prefixes (turns, groups).
         dtype: "auto", "bfloat16", "float16" or "float32".
         temperature, top_p, top_k, max_new_tokens: decoding knobs (top_k 0 is off).

@@ -148,6 +148,11 @@ def add_run_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
         )
         pol.add_argument("--gpu-memory-utilization", type=float, help="vllm: GPU memory fraction")
         pol.add_argument("--max-model-len", type=int, help="vllm: context length")
+        pol.add_argument(
+            "--limit-mm-per-prompt",
+            type=int,
+            help="vllm: images per prompt at most (default: the most an episode can hold)",
+        )
 
     env = parser.add_argument_group("environment")
     env.add_argument("--max-turns", type=int, help="assistant turns before truncation")
@@ -232,7 +237,7 @@ def policy_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     names = (
         "model", "adapter", "temperature", "top_p", "top_k", "max_new_tokens", "device", "dtype",
         "base_url", "dialect", "api_key", "max_concurrency", "gpu_memory_utilization",
-        "max_model_len", "calls_per_turn", "timeout", "max_retries",
+        "max_model_len", "limit_mm_per_prompt", "calls_per_turn", "timeout", "max_retries",
     )  # fmt: skip
     out = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     out["seed"] = args.seed
@@ -403,6 +408,11 @@ def execute_run(
             f"bad env.env_kwargs or env.reward_kwargs in the config: {error}"
         ) from error
     kwargs = policy_kwargs(args)
+    if args.policy == "vllm" and "limit_mm_per_prompt" not in kwargs:
+        from boxgym.policies.vllm import episode_image_limit
+
+        most = max((len(t.images) for t in tasks), default=1)
+        kwargs["limit_mm_per_prompt"] = episode_image_limit(env_config, most)
     out = Path(args.out)
     config = {
         "policy": args.policy,

@@ -147,3 +147,48 @@ def test_real_vllm_engine_with_tiny_model(tiny_model_path):
     )
     texts = policy.act([conversation(1), conversation(2)], TOOLS)
     assert len(texts) == 2 and all("<|image_pad|>" not in t for t in texts)
+
+
+def test_image_limit_covers_the_largest_scripted_episode():
+    """An oracle episode on many-object scenes holds more than vLLM's old default of 8 images;
+    the derived limit covers every episode the env's budgets allow."""
+    from boxgym.env import BoxGymEnv, EnvConfig
+    from boxgym.policies.prompting import conversation_images
+    from boxgym.policies.scripted import OraclePolicy, SeededTask
+    from boxgym.policies.vllm import episode_image_limit
+    from boxgym.rollouts.commands import scene_tasks
+
+    config = EnvConfig()
+    most = 0
+    for task in scene_tasks(["screens"], 4, 3, "hard"):
+        env = BoxGymEnv(config=config)
+        messages, _ = env.reset(seed=0, options={"task": task})
+        conversation = list(messages)
+        while not env.done:
+            (text,) = OraclePolicy().act([conversation], env.tool_schemas, [SeededTask(task, 0)])
+            new, *_ = env.step(text)
+            conversation.extend(new)
+        most = max(most, len(conversation_images(conversation)))
+    assert most > 8
+    assert most <= episode_image_limit(config, 1)
+    assert episode_image_limit(config.replace(draw_box_returns="both"), 2) > episode_image_limit(
+        config, 2
+    )
+
+
+def test_rollout_sets_the_engine_image_limit_from_the_env(monkeypatch, tmp_path):
+    import boxgym.policies.registry as registry
+    from boxgym.policies.scripted import OraclePolicy
+    from boxgym.rollouts.commands import main as run_verbs
+
+    seen = {}
+
+    def fake_make_policy(name, **kwargs):  # vLLM cannot run here: record what it would get
+        seen.update(kwargs)
+        return OraclePolicy()
+
+    monkeypatch.setattr(registry, "make_policy", fake_make_policy)
+    argv = ["rollout", "--policy", "vllm", "--scene", "shapes", "--n", "1", "--group-size", "1"]
+    argv += ["--max-turns", "3", "--max-calls-per-turn", "4", "--no-progress", "--no-page"]
+    assert run_verbs([*argv, "--out", str(tmp_path / "run")]) == 0
+    assert seen["limit_mm_per_prompt"] == 1 + 3 * 4
