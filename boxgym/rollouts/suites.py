@@ -8,7 +8,9 @@ Scene suites (`<family>-easy`, `<family>-hard` for screens, shapes and clutter) 
 from seeds reserved for evaluation (starting at 900,000,000, far from the seeds training runs and
 `boxgym episodes` use), so a suite is the same task set on every machine and never overlaps
 training scenes drawn with small seeds. Dataset suites read a fixed split of a local copy (or the
-hub) through `boxgym.data.loaders.load_dataset_tasks`, in row order, up to `--limit` tasks.
+hub) through `boxgym.data.loaders.load_dataset_tasks`, in row order, up to `--limit` tasks, and
+only the rows `boxgym.data.splits` gives the eval role, so no suite shares a row with any SFT
+source.
 The run directory is the same as `boxgym rollout`'s: episodes, summary (with Avg@k and pass@k
 when `--group-size` > 1) and the page.
 """
@@ -20,9 +22,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from boxgym.data.splits import EVAL_SEED_BASE
 from boxgym.errors import UserError
-
-EVAL_SEED_BASE = 900_000_000
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,11 @@ SUITES: dict[str, Suite] = {
         n=500,
     ),
     "countbench": Suite(
-        "countbench", "CountBenchQA test: counts 2-10", dataset="countbench", split="test", n=491
+        "countbench",
+        "CountBenchQA test, the ~80% of rows held out from SFT: counts 2-10",
+        dataset="countbench",
+        split="test",
+        n=491,
     ),
     "pixmo-count": Suite(
         "pixmo-count",
@@ -87,7 +92,7 @@ SUITES: dict[str, Suite] = {
     ),
     "aguvis": Suite(
         "aguvis",
-        "Smol2Operator aguvis stage 1: GUI pointing",
+        "Smol2Operator aguvis stage 1: GUI pointing (the ~10% of rows held out from SFT)",
         dataset="aguvis-stage-1",
         split="train",
         n=200,
@@ -115,7 +120,7 @@ def suite_tasks(
 
     chosen_split = split or suite.split
     result = load_dataset_tasks(
-        suite.dataset, path=data_path, split=chosen_split, limit=limit or suite.n
+        suite.dataset, path=data_path, split=chosen_split, limit=limit or suite.n, role="eval"
     )
     if result.skipped:
         print(

@@ -257,6 +257,11 @@ class MixtureSection:
 
         if self.num_examples < 1:
             raise ValueError(f"mixture.num_examples must be >= 1, got {self.num_examples}")
+        from boxgym.data.splits import check_training_seeds
+
+        # build_mixture tries at most 20 * count + 100 seeds per scripted source
+        last = self.first_scene_seed + 20 * self.num_examples + 100
+        check_training_seeds("mixture", self.first_scene_seed, last)
         unknown = set(self.weights) - set(SOURCES)
         if unknown:
             raise ValueError(
@@ -311,6 +316,10 @@ class TaskSection:
     def __post_init__(self) -> None:
         if self.num_tasks < 1:
             raise ValueError(f"tasks.num_tasks must be >= 1, got {self.num_tasks}")
+        if not self.dataset:
+            from boxgym.data.splits import check_training_seeds
+
+            check_training_seeds("tasks", self.first_seed, self.first_seed + self.num_tasks - 1)
         if self.dataset and not self.dataset_path:
             raise ValueError("tasks.dataset needs tasks.dataset_path (a local copy or a hub id)")
         if self.dataset and self.path:

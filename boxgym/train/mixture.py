@@ -115,9 +115,12 @@ DEFAULT_SPLITS: dict[str, str] = {"countbench": "test"}
 def _dataset_tasks(name: str, path: str, split: str, count: int) -> list[Any]:
     from boxgym.data.loaders import load_dataset_tasks
 
-    result = load_dataset_tasks(name, path=path, split=split, limit=count)
+    result = load_dataset_tasks(name, path=path, split=split, limit=count, role="train")
     if not result.tasks:
-        raise ValueError(f"mixture source {name!r} at {path!r} gave no tasks ({result.summary()})")
+        raise ValueError(
+            f"mixture source {name!r} at {path!r} gave no training rows in split {split!r} "
+            f"({result.summary()}); eval rows are never used for training (boxgym.data.splits)"
+        )
     log.info("%s: %s", name, result.summary())
     return result.tasks
 

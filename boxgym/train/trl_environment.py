@@ -131,11 +131,18 @@ def task_from_row(row: dict[str, Any], scene_knobs: dict[str, Any] | None = None
         key = (row["dataset"], row["dataset_path"], row.get("dataset_split"))
         if key not in _TASK_CACHE:
             _TASK_CACHE[key] = load_dataset_tasks(
-                row["dataset"], path=row["dataset_path"], split=row.get("dataset_split")
+                row["dataset"],
+                path=row["dataset_path"],
+                split=row.get("dataset_split"),
+                role="train",  # never an eval suite's row (boxgym.data.splits)
             ).tasks
         tasks = _TASK_CACHE[key]
         if not tasks:
-            raise ValueError(f"dataset {row['dataset']!r} at {row['dataset_path']!r} has no tasks")
+            raise ValueError(
+                f"dataset {row['dataset']!r} at {row['dataset_path']!r} has no training rows in "
+                f"split {row.get('dataset_split')!r}; eval rows are never trained on "
+                "(boxgym.data.splits)"
+            )
         return tasks[int(row["task_index"]) % len(tasks)]
     raise ValueError(
         f"a GRPO row needs `family` + `seed` (a scene) or `dataset` + `task_index`; got keys {sorted(row)}"

@@ -209,8 +209,13 @@ def test_dataset_sources_become_env_episodes(tmp_path):
         "pixmo-count": "train",
         "countbench": "test",
     }
+    # countbench: row 6 is the first with the train role (boxgym.data.splits)
     paths = {
-        name: str(write_sample_dataset(name, tmp_path / name, splits=(split,), n=2))
+        name: str(
+            write_sample_dataset(
+                name, tmp_path / name, splits=(split,), n=7 if name == "countbench" else 2
+            )
+        )
         for name, split in sources.items()
     }
     mixture = MixtureSection(num_examples=4, weights=dict.fromkeys(sources, 1.0), paths=paths)

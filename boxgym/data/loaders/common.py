@@ -344,13 +344,17 @@ def iter_dataset_tasks(
     cache_dir: str | None = None,
     skip_reasons: Counter | None = None,
     config: str | None = None,
+    role: str | None = None,
 ) -> Iterator[Task]:
     """Tasks one by one as rows are read; skipped rows are counted into `skip_reasons`.
 
     The source is opened (and its manifest checked) when this is called, so a bad path fails
     here; rows are read lazily as the iterator is consumed. `limit` bounds the number of tasks
-    (not rows). Other arguments as `open_rows`.
+    (not rows); `role` as in `load_dataset_tasks`. Other arguments as `open_rows`.
     """
+    from boxgym.data.splits import check_role
+
+    check_role(role)
     loader = get_loader(name)
     split = split or loader.default_split
     opened = open_rows(
@@ -363,7 +367,7 @@ def iter_dataset_tasks(
         cache_dir=cache_dir,
         config=config,
     )
-    return _convert_rows(loader, opened, split, limit, skip_reasons)
+    return _convert_rows(loader, opened, split, limit, skip_reasons, None, role)
 
 
 def _convert_rows(
@@ -373,13 +377,18 @@ def _convert_rows(
     limit: int | None,
     skip_reasons: Counter | None,
     rows_read: list[int] | None = None,
+    role: str | None = None,
 ) -> Iterator[Task]:
+    from boxgym.data.splits import row_role
+
     if limit is not None and limit <= 0:
         return
     produced = 0
     for index, row in enumerate(opened.rows):
         if rows_read is not None:
             rows_read[0] = index + 1
+        if role is not None and row_role(loader.name, split, index) != role:
+            continue  # the other role's row (train vs eval): not a bad row
         ctx = opened.context(loader.name, split, index)
         try:
             if not isinstance(row, dict):
@@ -421,6 +430,7 @@ def load_dataset_tasks(
     verify: bool = True,
     cache_dir: str | None = None,
     config: str | None = None,
+    role: str | None = None,
 ) -> LoadResult:
     """Reads one split into a list of tasks, counting skipped rows by reason.
 
@@ -436,11 +446,16 @@ def load_dataset_tasks(
         verify: check `manifest.json` where present.
         cache_dir: `datasets` arrow cache for non-streaming reads.
         config: hub subset (aguvis has several; see `open_rows`).
+        role: "train" (SFT, GRPO) or "eval" (suites) keeps only that role's rows
+            (`boxgym.data.splits`: train and eval never share a row); None keeps every row.
 
     Raises:
         DatasetSourceError: unknown dataset, missing path or split.
         ManifestError: a cached copy does not match its manifest.
     """
+    from boxgym.data.splits import check_role
+
+    check_role(role)
     loader = get_loader(name)
     split = split or loader.default_split
     opened = open_rows(
@@ -455,7 +470,7 @@ def load_dataset_tasks(
     )
     reasons: Counter = Counter()
     rows_read = [0]
-    tasks = list(_convert_rows(loader, opened, split, limit, reasons, rows_read))
+    tasks = list(_convert_rows(loader, opened, split, limit, reasons, rows_read, role))
     result = LoadResult(tasks, sum(reasons.values()), reasons, opened.source, rows_read[0])
     if result.skipped:
         logger.warning("%s", result.summary())
