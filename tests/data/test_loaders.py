@@ -354,3 +354,27 @@ def test_hub_download_layout_with_hidden_cache_and_readme(copies, tmp_path):
     assert "README.md" not in manifest["files"]
     result = load_dataset_tasks("nlvr2", path=root, streaming=True)
     assert len(result.tasks) == 4
+
+
+def test_a_hub_id_as_path_takes_the_hub_code_path(monkeypatch, copies, tmp_path):
+    """`path="pingzhili/nlvr2"` used to be read as a missing local folder."""
+    import datasets
+
+    from boxgym.data.loaders.common import is_hub_id
+
+    calls = []
+    local = datasets.load_from_disk(str(copies["countbench", "save_to_disk"]))["test"]
+
+    def fake_load_dataset(*args, **kwargs):
+        calls.append(args)
+        return local
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    result = load_dataset_tasks("countbench", path="someone/CountBenchQA-mirror", limit=1)
+    assert calls == [("someone/CountBenchQA-mirror", None)]
+    assert result.source == "hub:someone/CountBenchQA-mirror@main" and result.tasks
+    # a local copy with that relative name wins; other paths are never hub ids
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "someone" / "copy").mkdir(parents=True)
+    assert not is_hub_id("someone/copy") and is_hub_id("pingzhili/nlvr2")
+    assert not is_hub_id("/abs/path") and not is_hub_id("./rel/x") and not is_hub_id("a/b/c")

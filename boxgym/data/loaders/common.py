@@ -184,7 +184,8 @@ def open_rows(
     Args:
         name: registry name (see `DATASET_LOADERS`).
         path: a local copy (save_to_disk directory, directory of parquet/jsonl files, or one
-            such file); None reads `loader.repo` from the hub.
+            such file), or a hub id ("owner/name", e.g. a mirror of the dataset) when no such
+            local path exists; None reads `loader.repo` from the hub.
         split: split to read; None means the loader's default split.
         streaming: hub/parquet only: read lazily instead of materialising an arrow cache first.
             A save_to_disk copy is memory-mapped and always read lazily.
@@ -199,6 +200,9 @@ def open_rows(
     loader = get_loader(name)
     split = split or loader.default_split
     datasets = _import_datasets()
+    repo = loader.repo
+    if path is not None and is_hub_id(path):
+        repo, path = str(path), None  # one code path: the hub branch with this repository
     if path is None:
         config = config or loader.default_config
         if loader.configs and config not in loader.configs:
@@ -207,7 +211,7 @@ def open_rows(
             )
         # Hub path: real code, not executed in this repository's tests (no hub access here).
         ds = datasets.load_dataset(
-            loader.repo,
+            repo,
             config,
             split=split,
             streaming=streaming,
@@ -215,7 +219,7 @@ def open_rows(
             cache_dir=cache_dir,
         )
         subset = f"/{config}" if config else ""
-        source = f"hub:{loader.repo}{subset}@{revision or 'main'}"
+        source = f"hub:{repo}{subset}@{revision or 'main'}"
         return _opened(ds, source, None, revision, config)
 
     local = Path(path).expanduser()
@@ -330,6 +334,16 @@ def split_files(local: Path, split: str, config: str | None = None) -> list[Path
         have = sorted(s for s in by_split if s is not None)
         raise DatasetSourceError(f"no files for split {split!r} in {local}; found splits {have}")
     return chosen
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def is_hub_id(path: str | os.PathLike[str]) -> bool:
+    """Whether `path` names a hub repository ("owner/name") rather than a local copy: it has
+    that form and no such file or directory exists (a local copy always wins)."""
+    text = str(path)
+    return bool(HUB_ID.match(text)) and not Path(text).expanduser().exists()
 
 
 def iter_dataset_tasks(
