@@ -471,6 +471,13 @@ class GRPORunConfig:
         default_factory=DecodingSection,
         metadata={"help": "Sampling of the run verbs (rollout, eval); not used by training."},
     )
+    budget_check: str = field(
+        default="error",
+        metadata={
+            "help": "At start-up, measure the oracle's episodes on the first tasks and compare "
+            "with trainer.max_completion_length (and vllm_max_model_length): error, warn or off."
+        },
+    )
     over_turn_masking: bool = field(
         default=False,
         metadata={
@@ -486,6 +493,8 @@ class GRPORunConfig:
 
     def __post_init__(self) -> None:
         _check_trainer(self.trainer)
+        if self.budget_check not in ("error", "warn", "off"):
+            raise ValueError(f"budget_check must be error, warn or off, got {self.budget_check!r}")
         # TRL 1.16 colocate mode passes quantization="bitsandbytes" to vllm.LLM when the model
         # holds bnb Linear4bit layers (trl/generation/vllm_generation.py), so QLoRA works there;
         # server mode pushes weights to a separately started server, never checked with 4-bit.

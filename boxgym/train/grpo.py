@@ -162,6 +162,16 @@ def build_grpo_trainer(config: GRPORunConfig) -> Any:
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     processor = load_processor(config.model)
     args = grpo_args(config, processor)
+    if config.budget_check != "off":
+        from boxgym.train.budget import check_episode_budget
+
+        try:
+            longest = check_episode_budget(config, processor, args)
+            log.info("budget: the longest perfect episode needs %d completion tokens", longest)
+        except ValueError as error:
+            if config.budget_check == "error":
+                raise
+            log.warning("%s", error)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
