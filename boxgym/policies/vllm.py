@@ -70,7 +70,11 @@ class VLLMPolicy:
         dtype: "auto", "bfloat16", "float16" or "float32".
         temperature, top_p, top_k, max_new_tokens: decoding knobs (top_k 0 is off).
         seed: engine seed; request i of the run samples with seed + i.
-        engine_kwargs: further `vllm.LLM` keyword arguments (e.g. `tensor_parallel_size`).
+        tensor_parallel_size: GPUs one engine spans (`vllm.LLM(tensor_parallel_size=...)`).
+            Data parallelism is not offered here: vLLM 0.33's `LLM` refuses
+            `data_parallel_size > 1` in one process (vllm/entrypoints/llm.py); run several
+            `vllm serve` replicas and give the `openai` policy their URLs, or `--shard` runs.
+        engine_kwargs: further `vllm.LLM` keyword arguments.
         vllm_api: an object with `LLM`, `SamplingParams` and `LoRARequest`; vLLM itself when
             None. Tests pass a stand-in with the same surface.
     """
@@ -92,12 +96,21 @@ class VLLMPolicy:
         top_k: int = 0,
         max_new_tokens: int = 256,
         seed: int = 0,
+        tensor_parallel_size: int = 1,
         engine_kwargs: dict[str, Any] | None = None,
         vllm_api: Any = None,
     ) -> None:
         if not 0 < gpu_memory_utilization <= 1:
             raise ValueError(
                 f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}"
+            )
+        if tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size must be >= 1, got {tensor_parallel_size}")
+        if int((engine_kwargs or {}).get("data_parallel_size", 1)) > 1:
+            raise ValueError(
+                "vLLM's offline engine does not take data_parallel_size > 1 in one process; run "
+                "several `vllm serve` replicas with --policy openai --base-url URL1 --base-url "
+                "URL2 ..., or split the run with --shard i/n"
             )
         if limit_mm_per_prompt < 1 or max_model_len < 1 or max_new_tokens < 1:
             raise ValueError("limit_mm_per_prompt, max_model_len and max_new_tokens must be >= 1")
@@ -126,6 +139,7 @@ class VLLMPolicy:
             "max_model_len": max_model_len,
             "limit_mm_per_prompt": {"image": limit_mm_per_prompt},
             "enable_prefix_caching": enable_prefix_caching,
+            "tensor_parallel_size": tensor_parallel_size,
         }
         if self.adapter is not None:
             kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank)

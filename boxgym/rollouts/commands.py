@@ -148,6 +148,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
         )
         pol.add_argument("--gpu-memory-utilization", type=float, help="vllm: GPU memory fraction")
         pol.add_argument("--max-model-len", type=int, help="vllm: context length")
+        pol.add_argument("--tensor-parallel-size", type=int, help="vllm: GPUs one engine spans")
         pol.add_argument(
             "--limit-mm-per-prompt",
             type=int,
@@ -237,7 +238,8 @@ def policy_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     names = (
         "model", "adapter", "temperature", "top_p", "top_k", "max_new_tokens", "device", "dtype",
         "base_url", "dialect", "api_key", "max_concurrency", "gpu_memory_utilization",
-        "max_model_len", "limit_mm_per_prompt", "calls_per_turn", "timeout", "max_retries",
+        "max_model_len", "limit_mm_per_prompt", "tensor_parallel_size", "calls_per_turn",
+        "timeout", "max_retries",
     )  # fmt: skip
     out = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     out["seed"] = args.seed

@@ -71,7 +71,12 @@ def make_policy(tiny_model_path):
 
 
 def test_engine_gets_documented_arguments(make_policy, tiny_model_path):
-    policy = make_policy(gpu_memory_utilization=0.3, max_model_len=4096, limit_mm_per_prompt=5)
+    policy = make_policy(
+        gpu_memory_utilization=0.3,
+        max_model_len=4096,
+        limit_mm_per_prompt=5,
+        tensor_parallel_size=2,
+    )
     assert isinstance(policy, Policy)
     assert policy.llm.kwargs == {
         "model": str(tiny_model_path),
@@ -81,7 +86,10 @@ def test_engine_gets_documented_arguments(make_policy, tiny_model_path):
         "max_model_len": 4096,
         "limit_mm_per_prompt": {"image": 5},
         "enable_prefix_caching": True,
+        "tensor_parallel_size": 2,
     }
+    with pytest.raises(ValueError, match="data_parallel_size"):
+        make_policy(engine_kwargs={"data_parallel_size": 2})
 
 
 def test_prompts_are_our_rendering_with_images_as_multi_modal_data(make_policy, tiny_model_path):
