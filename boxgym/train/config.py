@@ -387,6 +387,8 @@ class RunConfig:
         default=None, metadata={"help": "The training run's folder (see train --help-config)."}
     )
     trainer: dict[str, Any] = field(default_factory=dict, metadata={"help": "Training only."})
+    budget_check: str = field(default="error", metadata={"help": "GRPO only."})
+    over_turn_masking: bool = field(default=False, metadata={"help": "GRPO only."})
 
 
 @typed_section

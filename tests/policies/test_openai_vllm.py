@@ -9,6 +9,7 @@ import pytest
 from vllm_serve_like import AUTO_ERROR, VLLMServeLike, check_request, strip_special_tokens
 
 from boxgym.env import BoxGymEnv, EnvConfig
+from boxgym.errors import ServerError
 from boxgym.policies.image_cache import image_key
 from boxgym.policies.openai_policy import OpenAIPolicy, to_openai_messages
 from boxgym.policies.scripted import OraclePolicy, SeededTask
@@ -70,7 +71,7 @@ def test_request_without_tool_choice_is_what_vllm_rejects(oracle_server):
     policy = OpenAIPolicy(base_url=server.url, model="m", max_retries=0, dialect="generic")
     conversation = [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
     tools = [{"type": "function", "function": {"name": "answer", "parameters": {}}}]
-    with pytest.raises(RuntimeError, match="rejected the request \\(400\\)"):
+    with pytest.raises(ServerError, match="rejected the request \\(400\\)"):
         policy.act([conversation], tools)
     assert server.rejected == [AUTO_ERROR]
     # the rules themselves: a missing choice is "auto"; "none" passes; no tools, no check
