@@ -28,7 +28,7 @@ ENV.pop("BOXGYM_DEBUG", None)
 pytestmark = pytest.mark.slow
 
 
-def boxgym(*args: str, timeout: float = 90, **kwargs) -> subprocess.CompletedProcess:
+def boxgym(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "boxgym.cli", *map(str, args)],
         capture_output=True,
@@ -370,7 +370,7 @@ def test_bad_arguments(tmp_path):
         [sys.executable, "-c", _BATCH, json.dumps([argv for argv, _ in cases])],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,  # 35 cases in one interpreter; minutes on a loaded 2-core machine
         env=ENV,
     )
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
