@@ -3,6 +3,7 @@ build took to reach 0.9 held-out count accuracy.
 
     python benchmarks/bench_seeing_build.py                    # time 20 steps of each stage
     python benchmarks/bench_seeing_build.py --from-build DIR   # also read a finished build's log
+    python benchmarks/bench_seeing_build.py --steps 0 --from-build DIR   # only the build's log
 
 The step timing runs the default recipe's model and batches (fresh weights, one torch thread
 unless --threads) for `--steps` steps of the counting stage and of the full stage; the first
@@ -83,7 +84,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--from-build", type=Path, default=None)
     args = parser.parse_args()
-    report: dict[str, object] = {"threads": args.threads, **time_steps(args.threads, args.steps)}
+    report: dict[str, object] = {"threads": args.threads}
+    if args.steps > 0:  # --steps 0: only read --from-build
+        report.update(time_steps(args.threads, args.steps))
     if args.from_build:
         report["build"] = from_build(args.from_build)
     print(json.dumps(report, indent=1))
