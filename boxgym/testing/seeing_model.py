@@ -110,44 +110,20 @@ class SeeingRecipe:
 
 def seeing_config(recipe: SeeingRecipe):
     """The `Qwen2VLConfig` of a recipe: Qwen2-VL's ids and layout, the recipe's sizes."""
-    from transformers import Qwen2VLConfig
+    from boxgym.testing.tiny_model import qwen2_vl_config
 
-    from boxgym.testing.tiny_model import VOCAB_SIZE
-
-    return Qwen2VLConfig(
-        text_config={
-            "vocab_size": VOCAB_SIZE,
-            "hidden_size": recipe.text_hidden,
-            "intermediate_size": recipe.text_intermediate,
-            "num_hidden_layers": recipe.text_layers,
-            "num_attention_heads": recipe.text_heads,
-            "num_key_value_heads": recipe.text_kv_heads,
-            "max_position_embeddings": 32768,
-            "rope_parameters": {
-                "rope_type": "default",
-                "rope_theta": recipe.rope_theta,
-                "mrope_section": list(recipe.mrope_section),
-            },
-            "bos_token_id": 151643,
-            "eos_token_id": 151645,
-            "pad_token_id": 151643,
-            "tie_word_embeddings": True,
-        },
-        vision_config={
-            "depth": recipe.vision_depth,
-            "embed_dim": recipe.vision_embed,
-            "hidden_size": recipe.text_hidden,
-            "num_heads": recipe.vision_heads,
-            "mlp_ratio": recipe.vision_mlp_ratio,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-        },
-        image_token_id=151655,
-        video_token_id=151656,
-        vision_start_token_id=151652,
-        vision_end_token_id=151653,
-        tie_word_embeddings=True,
+    return qwen2_vl_config(
+        hidden=recipe.text_hidden,
+        intermediate=recipe.text_intermediate,
+        layers=recipe.text_layers,
+        heads=recipe.text_heads,
+        kv_heads=recipe.text_kv_heads,
+        rope_theta=recipe.rope_theta,
+        mrope_section=list(recipe.mrope_section),
+        vision_depth=recipe.vision_depth,
+        vision_embed=recipe.vision_embed,
+        vision_heads=recipe.vision_heads,
+        vision_mlp_ratio=recipe.vision_mlp_ratio,
     )
 
 

@@ -109,23 +109,36 @@ def build_processor(tokenizer=None):
     )
 
 
-def tiny_config():
-    """A `Qwen2VLConfig` with Qwen2-VL's token ids and layout at about 10M parameters."""
+def qwen2_vl_config(
+    *,
+    hidden: int,
+    intermediate: int,
+    layers: int,
+    heads: int,
+    kv_heads: int,
+    rope_theta: float,
+    mrope_section: list[int],
+    vision_depth: int,
+    vision_embed: int,
+    vision_heads: int,
+    vision_mlp_ratio: int,
+):
+    """A `Qwen2VLConfig` with Qwen2-VL's vocabulary, token ids and layout at the given sizes."""
     from transformers import Qwen2VLConfig
 
     return Qwen2VLConfig(
         text_config={
             "vocab_size": VOCAB_SIZE,
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
+            "hidden_size": hidden,
+            "intermediate_size": intermediate,
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
+            "num_key_value_heads": kv_heads,
             "max_position_embeddings": 32768,
             "rope_parameters": {
                 "rope_type": "default",
-                "rope_theta": 1000000.0,
-                "mrope_section": [2, 3, 3],
+                "rope_theta": rope_theta,
+                "mrope_section": list(mrope_section),
             },
             "bos_token_id": 151643,
             "eos_token_id": 151645,
@@ -133,11 +146,11 @@ def tiny_config():
             "tie_word_embeddings": True,
         },
         vision_config={
-            "depth": 2,
-            "embed_dim": 32,
-            "hidden_size": 64,
-            "num_heads": 2,
-            "mlp_ratio": 2,
+            "depth": vision_depth,
+            "embed_dim": vision_embed,
+            "hidden_size": hidden,
+            "num_heads": vision_heads,
+            "mlp_ratio": vision_mlp_ratio,
             "patch_size": 14,
             "spatial_merge_size": 2,
             "temporal_patch_size": 2,
@@ -147,6 +160,23 @@ def tiny_config():
         vision_start_token_id=151652,
         vision_end_token_id=151653,
         tie_word_embeddings=True,
+    )
+
+
+def tiny_config():
+    """A `Qwen2VLConfig` with Qwen2-VL's token ids and layout at about 10M parameters."""
+    return qwen2_vl_config(
+        hidden=64,
+        intermediate=128,
+        layers=2,
+        heads=4,
+        kv_heads=2,
+        rope_theta=1000000.0,
+        mrope_section=[2, 3, 3],
+        vision_depth=2,
+        vision_embed=32,
+        vision_heads=2,
+        vision_mlp_ratio=2,
     )
 
 
