@@ -74,8 +74,8 @@ class SeeingRecipe:
     min_lr_ratio: float = 0.05
     warmup_steps: int = 50
     weight_decay: float = 0.0
-    count_steps: int = 1000
-    full_steps: int = 1500
+    count_steps: int = 2400
+    full_steps: int = 2800
     full_mix: tuple[tuple[str, float], ...] = (
         ("count", 0.2),
         ("count_clutter", 0.1),
@@ -85,6 +85,9 @@ class SeeingRecipe:
     count_mix: tuple[tuple[str, float], ...] = (("count", 0.8), ("count_clutter", 0.2))
     ground_curriculum: float = 0.3  # share of the full stage over which max objects goes 2 -> 5
     digit_weight: float = 2.0
+    # share of counting rows asked the bare question ("How many shapes are there?"), so that a
+    # plain question is answered with a number too
+    bare_question_share: float = 0.25
     # "example": each example's reply tokens share one unit of weight, so a 2-token count reply
     # weighs as much as a 120-token grounding reply; "token": every reply token weighs the same
     # (the first build's choice: counting then got 0.5% of the loss and fell from 0.85 to 0.69).
@@ -157,12 +160,23 @@ def max_objects_for_step(recipe: SeeingRecipe, step: int) -> int:
 
 def training_examples(recipe: SeeingRecipe, step: int) -> list[Example]:
     cap = max_objects_for_step(recipe, step)
-    return [
-        make_example(
-            skill, train_seed(recipe, step, row), max_count=cap if skill == "ground" else 5
-        )
-        for row, skill in enumerate(skills_for_step(recipe, step))
-    ]
+    examples = []
+    for row, skill in enumerate(skills_for_step(recipe, step)):
+        seed = train_seed(recipe, step, row)
+        example = make_example(skill, seed, max_count=cap if skill == "ground" else 5)
+        if skill.startswith("count") and bare_question(seed, recipe.bare_question_share):
+            example = replace(example, question=strip_answer_hint(example.question))
+        examples.append(example)
+    return examples
+
+
+def bare_question(seed: int, share: float) -> bool:
+    """Whether the counting row of `seed` is asked without "Answer with a number." """
+    return (seed * 2654435761 % 1000) < share * 1000
+
+
+def strip_answer_hint(question: str) -> str:
+    return question.replace(" Answer with a number.", "")
 
 
 class Batcher:
@@ -312,12 +326,17 @@ def generate_replies(model, processor, examples: list[Example], max_new_tokens: 
 
 
 def evaluate(
-    model, processor, skill: str, seeds: list[int], batch_size: int = 50
+    model, processor, skill: str, seeds: list[int], batch_size: int = 50, bare: bool = False
 ) -> dict[str, Any]:
-    """Held-out figures of one skill on `seeds` (all below EVAL_SEEDS_END), with 95% CIs."""
+    """Held-out figures of one skill on `seeds` (all below EVAL_SEEDS_END), with 95% CIs.
+
+    `bare` asks counting questions without "Answer with a number."
+    """
     from boxgym.testing.seeing_scoring import score_replies
 
     examples = [make_example(skill, s) for s in seeds]
+    if bare:
+        examples = [replace(e, question=strip_answer_hint(e.question)) for e in examples]
     max_new = 12 if skill.startswith("count") else (40 if skill == "list" else 160)
     replies: list[str] = []
     model.eval()
@@ -592,6 +611,7 @@ def final_results(
         "count_stage_minutes": prog.count_stage_minutes,
         "held_out_seeds": [seeds[0], seeds[-1] + 1],
         "count": evaluate(model, processor, "count", seeds),
+        "count_bare_question": evaluate(model, processor, "count", ground_seeds, bare=True),
         "count_clutter": evaluate(model, processor, "count_clutter", ground_seeds),
         "ground": evaluate(model, processor, "ground", ground_seeds),
         "list": evaluate(model, processor, "list", ground_seeds),

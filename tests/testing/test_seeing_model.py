@@ -19,6 +19,7 @@ from boxgym.testing.seeing_model import (
     recipe_with,
     skills_for_step,
     train_seed,
+    training_examples,
 )
 from boxgym.testing.seeing_scoring import read_boxes, read_count, score_replies
 from boxgym.testing.seeing_tasks import EVAL_SEEDS_END, SKILLS, make_example
@@ -153,6 +154,17 @@ def test_killed_build_resumes_from_its_partial_state(tmp_path):
     assert any(f"resuming the seeing-model build at step {saved_step}" in m for m in messages)
     log = json.loads((out / "training_log.json").read_text())
     assert log["step"] == recipe.total_steps
+
+
+def test_some_counting_rows_are_asked_the_bare_question():
+    recipe = SeeingRecipe()
+    rows = [e for step in range(8) for e in training_examples(recipe, step)]
+    bare = [e for e in rows if not e.question.endswith("Answer with a number.")]
+    assert all(e.skill.startswith("count") for e in bare)
+    assert 0.1 < len(bare) / len(rows) < 0.4  # bare_question_share 0.25
+    assert {e.question for e in bare} >= {"How many shapes are there?"}
+    none = replace(recipe, bare_question_share=0.0)
+    assert all(e.question.endswith("number.") for e in training_examples(none, 0))
 
 
 def test_grounding_digits_weigh_more_and_normalisation_is_checked():
