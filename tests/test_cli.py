@@ -332,6 +332,9 @@ BAD_ARGUMENTS = [
         (["rollout", "--set", "decoding.temperature=-1", "--out", "{out}"], "decoding.temperature"),
         (["eval", "--config", "/no/such.yaml", "--out", "{out}"], "does not exist"),
         (["episodes", "--set", "env.reward_kwargs.count_exactly=2", "--out", "{out}"], "did you mean 'count_exact'"),
+        (["episodes", "--n", "2", "--shard", "4/4", "--out", "{out}"], "--shard i/n with 0 <= i < n"),
+        (["rollout", "--policy", "oracle", "--n", "2", "--shard", "a/b", "--out", "{out}"], "--shard i/n"),
+        (["eval", "--suite", "screens-easy", "--limit", "1", "--shard", "0/0", "--out", "{out}"], "--shard i/n"),
 ]  # fmt: skip
 
 # Runs each argv through `boxgym.cli.main` in one interpreter (one start-up instead of one per

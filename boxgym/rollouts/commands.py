@@ -4,10 +4,10 @@
     boxgym rollout --policy hf --scene screens --n 64 --group-size 4 --out DIR [--resume]
     boxgym view DIR
 
-A run directory holds `run.json` (the run's configuration), `episodes.jsonl`, `images/`,
-`timing.json` (one entry per session), `summary.json` and `index.html`. A directory that already
-holds a run is refused unless `--resume` (finish the missing episodes; the configuration must
-match) or `--overwrite` (delete that run's files first) is given.
+    boxgym rollout ... --out DIR --shard 0/4     # one of four shards of one run, into one folder
+
+The run directory and its rules (`--resume`, `--overwrite`, locks) are `boxgym.rollouts.run_dir`;
+shards are `boxgym.rollouts.shards`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -24,10 +22,7 @@ from typing import Any
 
 from boxgym.errors import UserError, explain, report_failures
 
-RUN_FILES = ("run.json", "episodes.jsonl", "summary.json", "index.html", "timing.json")
 SCENE_FAMILY_NAMES = ("screens", "shapes", "clutter")
-# Fields of run.json that may change between sessions of one run (they do not change episodes).
-EXECUTION_FIELDS = ("batch_size", "max_live", "progress", "policy_delay_s")
 # Episodes in flight by default. The lockstep runner stores an episode when it ends; with hf on
 # a CPU one turn of 64 conversations takes minutes, so fewer live episodes get results on disk
 # (and on the progress bar) sooner, at little cost to the batch's throughput.
@@ -81,6 +76,12 @@ def add_run_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
     )
     run.add_argument(
         "--overwrite", action="store_true", help="delete an existing run in --out first"
+    )
+    run.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="run only shard I of N (tasks I, I+N, I+2N, ...) into the shared --out; start the N "
+        "shards from any processes or machines that share the folder (docs/rollouts.md)",
     )
     run.add_argument(
         "--batch-size", type=int, help="most conversations per policy call (default: all live)"
@@ -302,64 +303,6 @@ class _DelayedPolicy:
         return self.policy.act(conversations, tools, tasks)
 
 
-def prepare_run_dir(out: Path, config: dict[str, Any], *, resume: bool, overwrite: bool) -> None:
-    """Create, check (resume) or clear (overwrite) a run directory; raise with a clear message."""
-    if resume and overwrite:
-        raise ValueError("--resume and --overwrite contradict each other; pick one")
-    from boxgym.rollouts.store import RunLock
-
-    existing = out.exists() and any(p.name != RunLock.FILE for p in out.iterdir())
-    if existing and overwrite:
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / "images", ignore_errors=True)
-    elif existing and resume:
-        run_json = out / "run.json"
-        if not run_json.exists():
-            raise ValueError(
-                f"{out} has no run.json, so there is no run to resume; use a new --out or --overwrite"
-            )
-        try:
-            previous = json.loads(run_json.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise UserError(
-                f"{run_json} is not valid JSON ({error}); restore it, or start over with --overwrite"
-            ) from error
-        if not isinstance(previous, dict):
-            raise UserError(f"{run_json} does not hold a run configuration; use --overwrite")
-        diffs = config_differences(previous, json.loads(json.dumps(config)))
-        if diffs:
-            raise ValueError(
-                f"--resume: the configuration differs from the run in {out}: "
-                + "; ".join(diffs)
-                + ". Use the same options, a new --out, or --overwrite."
-            )
-        return
-    elif existing:
-        raise ValueError(
-            f"{out} is not empty; pass --resume to finish the run there, --overwrite to replace it, "
-            "or choose another --out"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "run.json", config)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file, fsync it and rename it over `path` (never half-written)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Fields that differ between two run configs, ignoring execution-only fields."""
-    keys = sorted((set(old) | set(new)) - set(EXECUTION_FIELDS))
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
-
-
 def check_model_paths(args: argparse.Namespace) -> None:
     """Refuse a --model or --adapter path that does not exist before anything is loaded."""
     if args.policy in ("hf", "vllm") and getattr(args, "model", None):
@@ -395,14 +338,21 @@ def execute_run(
     *,
     title: str | None = None,
 ) -> int:
-    """Run (or resume) a run directory over `tasks` and write its summary and page."""
+    """Run (or resume) a run directory, or one shard of it, over `tasks`; write its summary and
+    page (over every shard present)."""
     from boxgym.env import EnvConfig
     from boxgym.policies.registry import make_policy
-    from boxgym.rollouts.metrics import format_table, write_summary
+    from boxgym.rollouts.run_dir import (
+        check_shard_count,
+        hold_run,
+        prepare_run_dir,
+        prepare_shard_dir,
+    )
     from boxgym.rollouts.runner import append_session_timing, run_rollouts
-    from boxgym.rollouts.store import EpisodeStore, RunLock, RunLockedError, read_episodes
-    from boxgym.rollouts.viewer import write_index
+    from boxgym.rollouts.shards import Shard
+    from boxgym.rollouts.store import EpisodeStore, read_episodes
 
+    shard = Shard.parse(args.shard) if getattr(args, "shard", None) else None
     if args.group_size < 1:
         raise ValueError(f"--group-size must be >= 1, got {args.group_size}")
     if args.max_live is None:
@@ -441,23 +391,25 @@ def execute_run(
     zero_shot = bool(getattr(args, "no_tools", False))
     if zero_shot:  # recorded only when on, so runs written before the option still resume
         config["zero_shot"] = True
+    if shard is not None:  # likewise recorded only for sharded runs
+        config["shards"] = shard.count
     check_model_paths(args)
-    lock = RunLock(out)
-    try:
-        lock.acquire()
-    except RunLockedError as error:
-        raise UserError(
-            f"another boxgym run is writing to {out} (process id in {lock.path}); wait for it to "
-            "finish, or choose another --out"
-        ) from error
-    try:
-        prepare_run_dir(out, config, resume=args.resume, overwrite=args.overwrite)
+    indices = shard.task_indices(len(tasks)) if shard else range(len(tasks))
+    expected = len(indices) * args.group_size
+    own_dir = shard.folder(out) if shard else out
+    whose = f" of shard {shard.label}" if shard else ""
+    if shard is not None:
+        check_shard_count(out, shard.count)
+    with hold_run(out, shard):
+        if shard is None:
+            prepare_run_dir(out, config, resume=args.resume, overwrite=args.overwrite)
+        else:
+            prepare_shard_dir(out, config, shard, resume=args.resume, overwrite=args.overwrite)
         policy = make_policy(args.policy, **kwargs)
         if args.policy_delay_s > 0:
             policy = _DelayedPolicy(policy, args.policy_delay_s)
-        expected = len(tasks) * args.group_size
         try:
-            with EpisodeStore(out) as store:
+            with EpisodeStore(out, episodes_dir=own_dir if shard else None) as store:
                 if store.repaired_bytes:
                     print(
                         f"resume: cut a torn last line ({store.repaired_bytes} bytes) left by a "
@@ -475,24 +427,72 @@ def execute_run(
                     max_live=args.max_live,
                     progress=not args.no_progress,
                     run_info={"policy": args.policy, "run": out.resolve().name},
+                    task_indices=indices,
                 )
         except Exception as error:
-            stored = len(read_episodes(out).episodes)
+            stored = len(read_episodes(own_dir).episodes)
             raise UserError(
-                f"{explain(error)} ({stored}/{expected} episodes are stored in {out}; once fixed, "
-                "rerun the same command with --resume to finish)"
+                f"{explain(error)} ({stored}/{expected} episodes{whose} are stored in {own_dir}; "
+                "once fixed, rerun the same command with --resume to finish)"
             ) from error
-        append_session_timing(out, stats)
-    finally:
-        lock.release()
-    log = read_episodes(out)
-    if log.report():
-        print(f"note: {log.report()}", file=sys.stderr)
-    summary = write_summary(out, log.episodes, seed=args.seed)
+        append_session_timing(own_dir, stats)
+        stored = len(read_episodes(own_dir).episodes)
+    summary = write_run_outputs(out, seed=args.seed, title=title, page=not args.no_page)
     print(
-        f"{args.policy}: {stats.episodes} episode(s) this session, {len(log.episodes)}/{expected} stored "
-        f"in {stats.wall_s:.1f}s (policy {stats.policy_s:.1f}s, outside {stats.wall_s - stats.policy_s:.1f}s)"
+        f"{args.policy}: {stats.episodes} episode(s) this session, {stored}/{expected}{whose} "
+        f"stored in {stats.wall_s:.1f}s (policy {stats.policy_s:.1f}s, outside "
+        f"{stats.wall_s - stats.policy_s:.1f}s)"
     )
+    print_summary(summary)
+    if not args.no_page:
+        print(f"page: {(out / 'index.html').resolve()}")
+    print(f"episodes: {(own_dir / 'episodes.jsonl').resolve()}")
+    return 0
+
+
+def write_run_outputs(
+    run_dir: Path, *, seed: int, title: str | None = None, page: bool = True
+) -> dict[str, Any]:
+    """Write the summary (and page) over every episode of the run, every shard's included.
+
+    Held under the run's summary lock, so of shards ending together the last one to write sees
+    them all.
+    """
+    from boxgym.rollouts.metrics import combine_sessions, write_summary
+    from boxgym.rollouts.run_dir import summary_lock
+    from boxgym.rollouts.shards import read_run, shard_progress, timing_sessions
+    from boxgym.rollouts.viewer import write_index
+
+    config: dict[str, Any] = {}
+    # no or unreadable run.json: the summary still works (bootstrap seed as given)
+    with contextlib.suppress(OSError, ValueError):
+        loaded = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        config = loaded if isinstance(loaded, dict) else {}
+    with summary_lock(run_dir):
+        run = read_run(run_dir)
+        if run.report():
+            print(f"note: {run.report()}", file=sys.stderr)
+        sessions = timing_sessions(run_dir)
+        extra = {}
+        progress = shard_progress(run, config)
+        if progress is not None:
+            extra["shards"] = progress
+        summary = write_summary(
+            run_dir,
+            run.episodes,
+            seed=seed,
+            timing=combine_sessions(sessions) if sessions else None,
+            extra=extra,
+        )
+        if page:
+            write_index(run_dir, run.episodes, summary, title=title)
+    return summary
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """The summary's table, pass@k, failures and shard progress, for the terminal."""
+    from boxgym.rollouts.metrics import format_table
+
     print(format_table(summary))
     if summary.get("pass_at_k"):
         print(
@@ -504,32 +504,30 @@ def execute_run(
             )
         )
     print(f"  failures: {summary['failures']}")
-    if not args.no_page:
-        page = write_index(out, log.episodes, summary, title=title)
-        print(f"page: {page.resolve()}")
-    print(f"episodes: {(out / 'episodes.jsonl').resolve()}")
-    return 0
+    shards = summary.get("shards")
+    if shards:
+        print(
+            f"  shards: {shards['complete']}/{shards['count']} complete, {summary['episodes']}/"
+            f"{shards['episodes_expected']} episodes of the run stored (summary and page cover "
+            "every shard present)"
+        )
 
 
 def run_view(args: argparse.Namespace) -> int:
-    from boxgym.rollouts.metrics import format_table, write_summary
-    from boxgym.rollouts.store import read_episodes
-    from boxgym.rollouts.viewer import write_index
+    from boxgym.rollouts.shards import is_run_folder
 
     run_dir = Path(args.run_dir)
-    if not (run_dir / "episodes.jsonl").exists():
-        raise UserError(f"{run_dir} has no episodes.jsonl; pass a run directory (--out of a run)")
-    log = read_episodes(run_dir)
-    if log.report():
-        print(f"note: {log.report()}", file=sys.stderr)
+    if not is_run_folder(run_dir):
+        raise UserError(
+            f"{run_dir} has no episodes.jsonl and no shards; pass a run directory (--out of a run)"
+        )
     seed = 0
     # no or unreadable run.json: the page still works, bootstrap seed 0
     with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
         seed = int(json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("seed", 0))
-    summary = write_summary(run_dir, log.episodes, seed=seed)
-    page = write_index(run_dir, log.episodes, summary, title=args.title)
-    print(format_table(summary))
-    print(f"page: {page.resolve()}")
+    summary = write_run_outputs(run_dir, seed=seed, title=args.title)
+    print_summary(summary)
+    print(f"page: {(run_dir / 'index.html').resolve()}")
     return 0
 
 

@@ -198,20 +198,24 @@ def episode_timing(episodes: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def write_summary(
-    run_dir: str | Path, episodes: list[dict[str, Any]], *, seed: int = 0
+    run_dir: str | Path,
+    episodes: list[dict[str, Any]],
+    *,
+    seed: int = 0,
+    timing: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write `summary.json` into a run directory, using its `timing.json` when present."""
+    """Write `summary.json` into a run directory (renamed into place) and return the summary.
+
+    Args:
+        timing: the run's summed session timing (`combine_sessions`); None sums the episodes'.
+        extra: further top-level fields (a sharded run's shard progress).
+    """
     run_dir = Path(run_dir)
-    timing = None
-    timing_path = run_dir / "timing.json"
-    if timing_path.exists():
-        try:
-            sessions = json.loads(timing_path.read_text())
-            timing = combine_sessions(sessions)
-        except (json.JSONDecodeError, TypeError, AttributeError):
-            timing = None
-    summary = summarize(episodes, seed=seed, timing=timing)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    summary = {**summarize(episodes, seed=seed, timing=timing), **(extra or {})}
+    tmp = run_dir / ".summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    tmp.replace(run_dir / "summary.json")
     return summary
 
 

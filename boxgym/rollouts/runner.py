@@ -8,8 +8,8 @@ next turn, so batches stay full. Groups (the G samples of one task, as GRPO uses
 consecutive keys, so they run side by side.
 
 Seeds: sample s of task i gets `derive_seed(run_seed, i, s)` for its env reset and its scripted
-policy randomness, so any subset of keys (a resumed run, a different batch size) reproduces the
-same episodes.
+policy randomness, so any subset of keys (a resumed run, a shard's share of the tasks, a
+different batch size) reproduces the same episodes.
 
 Time is split into the policy's share (the batched `act` calls, apportioned equally over the
 episodes of a chunk) and everything outside it: `env_s` (env resets and steps, with rendering),
@@ -97,6 +97,7 @@ def run_rollouts(
     progress: bool = True,
     run_info: dict[str, Any] | None = None,
     on_episode: Callable[[dict[str, Any]], None] | None = None,
+    task_indices: Sequence[int] | None = None,
 ) -> RunStats:
     """Run every (task, sample) key not yet in `store` and append each finished episode.
 
@@ -113,6 +114,8 @@ def run_rollouts(
         progress: show a tqdm bar (episodes done, live mean reward, episodes/s).
         run_info: extra fields copied into every record (policy name, run name, ...).
         on_episode: called with each finished record (after it is stored).
+        task_indices: the positions in `tasks` to run (default: all); a shard runs its share.
+            Seeds and record keys still use the position in `tasks`.
 
     Returns:
         The session's statistics.
@@ -126,11 +129,10 @@ def run_rollouts(
     ids = [t.id for t in tasks]
     if len(set(ids)) != len(ids):
         raise ValueError("task ids must be unique within a run (they key the stored episodes)")
+    indices = range(len(tasks)) if task_indices is None else task_indices
     done = store.done_keys()
-    keys = [
-        (i, s) for i in range(len(tasks)) for s in range(group_size) if (tasks[i].id, s) not in done
-    ]
-    stats = RunStats(skipped_done=len(tasks) * group_size - len(keys))
+    keys = [(i, s) for i in indices for s in range(group_size) if (tasks[i].id, s) not in done]
+    stats = RunStats(skipped_done=len(indices) * group_size - len(keys))
     session = _Session(tasks, policy, make_env, store, seed, stats, run_info or {}, on_episode)
     session.bar = _progress_bar(len(keys), progress)
     pending = deque(keys)

@@ -5,6 +5,10 @@ Layout of a run directory:
     episodes.jsonl       one finished episode per line, appended, flushed and fsynced per episode
     images/<sha>.png     every distinct image once; records refer to it by `<sha>`
 
+A shard of a run (`boxgym.rollouts.shards`) keeps its `episodes.jsonl` in a folder of its own
+(`episodes_dir`) and shares `images/`: images are content-addressed and renamed into place, so two
+writers storing the same image write the same bytes and neither ever sees a partial file.
+
 Safety against a kill at any moment (SIGKILL included): an image is written to a temporary
 file and renamed into place, so `images/` never holds a partial PNG; an episode's images are
 all on disk before its line is written; each line is written with one `write` and fsynced, so a
@@ -70,34 +74,45 @@ class RunLockedError(Exception):
 
 
 class RunLock:
-    """An exclusive, non-blocking lock on a run directory (`run.lock`, `fcntl.flock`).
+    """A lock on a run directory (`run.lock`, `fcntl.flock`), non-blocking unless asked.
 
     Two runs writing one `episodes.jsonl` would duplicate episodes; the second is refused. The
     operating system drops the lock when its holder exits, killed or not, so a stale lock file
-    never blocks a `--resume`.
+    never blocks a `--resume`. Shards of one run each hold the run's lock shared (so an unsharded
+    run, which holds it exclusively, is refused while any shard runs) and their own shard
+    folder's lock exclusively.
+
+    Args:
+        run_dir: the folder the lock file lives in.
+        shared: take a shared lock (many holders) instead of an exclusive one.
+        file: the lock file's name.
     """
 
     FILE = "run.lock"
 
-    def __init__(self, run_dir: str | Path) -> None:
-        self.path = Path(run_dir) / self.FILE
+    def __init__(self, run_dir: str | Path, *, shared: bool = False, file: str = FILE) -> None:
+        self.path = Path(run_dir) / file
+        self.shared = shared
         self._file: Any = None
 
-    def acquire(self) -> RunLock:
+    def acquire(self, *, blocking: bool = False) -> RunLock:
+        """Take the lock; raise `RunLockedError` when another process holds it (unless blocking)."""
         import fcntl
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a+")  # noqa: SIM115 - held for the run
+        mode = fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
         try:
-            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._file.fileno(), mode if blocking else mode | fcntl.LOCK_NB)
         except BlockingIOError as error:
             self._file.close()
             self._file = None
             raise RunLockedError(str(self.path.parent)) from error
-        self._file.seek(0)
-        self._file.truncate()
-        self._file.write(f"{os.getpid()}\n")
-        self._file.flush()
+        if not self.shared:  # the holder's process id, for the user who finds the run busy
+            self._file.seek(0)
+            self._file.truncate()
+            self._file.write(f"{os.getpid()}\n")
+            self._file.flush()
         return self
 
     def release(self) -> None:
@@ -175,7 +190,10 @@ class EpisodeStore:
     """Append-only episode storage for one run directory.
 
     Args:
-        out_dir: the run directory (created if missing).
+        out_dir: the run directory (created if missing); images go to `out_dir/images`.
+        episodes_dir: the folder of this writer's `episodes.jsonl` and of its temporary image
+            files (default `out_dir`; a shard's own folder). Only this writer uses it, so the
+            temporary files a killed writer left there are removed on opening.
         compress_level: PNG zlib level; 1 is the fast end (research.md costs).
         image_workers: threads that encode PNGs in the background; 0 encodes inline.
         max_pending_images: most images queued for encoding (each holds a copy in memory);
@@ -186,6 +204,7 @@ class EpisodeStore:
         self,
         out_dir: str | Path,
         *,
+        episodes_dir: str | Path | None = None,
         compress_level: int = 1,
         image_workers: int = 1,
         max_pending_images: int = 64,
@@ -193,14 +212,19 @@ class EpisodeStore:
         self.out_dir = Path(out_dir)
         self.images_dir = self.out_dir / IMAGES_DIR
         self.images_dir.mkdir(parents=True, exist_ok=True)
-        self.episodes_path = self.out_dir / EPISODES_FILE
+        own_dir = self.out_dir if episodes_dir is None else Path(episodes_dir)
+        own_dir.mkdir(parents=True, exist_ok=True)
+        self.episodes_path = own_dir / EPISODES_FILE
+        # Unsharded, temporary files sit in images/ (the only writer); a shard keeps its own.
+        self._tmp_dir = self.images_dir if episodes_dir is None else own_dir
         self.compress_level = compress_level
-        self._known: set[str] = set()
-        for entry in self.images_dir.iterdir():
-            if entry.name.startswith(_TMP_PREFIX):
-                entry.unlink(missing_ok=True)  # a write interrupted by a kill
-            elif entry.suffix == ".png":
-                self._known.add(entry.stem)
+        for entry in self._tmp_dir.glob(f"{_TMP_PREFIX}*"):
+            entry.unlink(missing_ok=True)  # a write interrupted by a kill
+        self._known: set[str] = {
+            entry.stem
+            for entry in self.images_dir.glob("*.png")
+            if not entry.name.startswith(_TMP_PREFIX)
+        }
         self._pending: dict[str, Future[None]] = {}
         self._max_pending = max(1, int(max_pending_images))
         self._pool = ThreadPoolExecutor(image_workers) if image_workers > 0 else None
@@ -237,7 +261,7 @@ class EpisodeStore:
 
     def _write_image(self, sha: str, image: Image.Image) -> None:
         final = self.images_dir / f"{sha}.png"
-        tmp = self.images_dir / f"{_TMP_PREFIX}{sha}-{os.getpid()}.png"
+        tmp = self._tmp_dir / f"{_TMP_PREFIX}{sha}-{os.getpid()}.png"
         image.save(tmp, format="PNG", compress_level=self.compress_level)
         size = tmp.stat().st_size
         os.replace(tmp, final)
