@@ -91,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--check-tasks", type=int, default=10, help="Held-out tasks per SFT check.")
     parser.add_argument(
-        "--eval-tasks", type=int, default=30, help="Held-out tasks before/after GRPO."
+        "--eval-tasks",
+        type=int,
+        default=None,
+        help="Held-out tasks before/after GRPO (default 30; with --model 128).",
     )
     parser.add_argument(
         "--grpo-steps",
@@ -138,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         "--sft-steps", type=int, default=None, help="With --model: SFT steps (default: config)."
     )
     args = parser.parse_args(argv)
+    if args.eval_tasks is None:
+        args.eval_tasks = 128 if args.model else 30
     if args.model:
         return run_seeing_proof(args)
 
