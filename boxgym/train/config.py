@@ -391,6 +391,16 @@ class RunConfig:
     over_turn_masking: bool = field(default=False, metadata={"help": "GRPO only."})
 
 
+# Help of the fields that SFTRunConfig and GRPORunConfig share.
+_RESUME_HELP = {"help": "A checkpoint directory, or true for the latest one in output_dir."}
+_RUN_DIR_HELP = {
+    "help": "One run's folder: SFT writes RUN_DIR/sft, GRPO writes RUN_DIR/grpo and starts "
+    "from RUN_DIR/sft/adapter (unless init_adapter says otherwise), evaluation reads "
+    "RUN_DIR/grpo/adapter. Set it with --run-dir; trainer.output_dir, when given, wins."
+}
+_DECODING_HELP = {"help": "Sampling of the run verbs (rollout, eval); not used by training."}
+
+
 @typed_section
 @dataclass
 class SFTRunConfig:
@@ -411,22 +421,9 @@ class SFTRunConfig:
     init_adapter: str | None = field(
         default=None, metadata={"help": "Continue training this LoRA adapter directory."}
     )
-    resume_from_checkpoint: str | bool | None = field(
-        default=None,
-        metadata={"help": "A checkpoint directory, or true for the latest one in output_dir."},
-    )
-    run_dir: str | None = field(
-        default=None,
-        metadata={
-            "help": "One run's folder: SFT writes RUN_DIR/sft, GRPO writes RUN_DIR/grpo and starts "
-            "from RUN_DIR/sft/adapter (unless init_adapter says otherwise), evaluation reads "
-            "RUN_DIR/grpo/adapter. Set it with --run-dir; trainer.output_dir, when given, wins."
-        },
-    )
-    decoding: DecodingSection = field(
-        default_factory=DecodingSection,
-        metadata={"help": "Sampling of the run verbs (rollout, eval); not used by training."},
-    )
+    resume_from_checkpoint: str | bool | None = field(default=None, metadata=_RESUME_HELP)
+    run_dir: str | None = field(default=None, metadata=_RUN_DIR_HELP)
+    decoding: DecodingSection = field(default_factory=DecodingSection, metadata=_DECODING_HELP)
     trainer: dict[str, Any] = field(
         default_factory=_default_trainer,
         metadata={"help": "Passed to trl.SFTConfig (output_dir, max_steps, learning_rate, ...)."},
@@ -457,22 +454,9 @@ class GRPORunConfig:
         default=None,
         metadata={"help": "Start from this LoRA adapter (e.g. the SFT run's output_dir/adapter)."},
     )
-    resume_from_checkpoint: str | bool | None = field(
-        default=None,
-        metadata={"help": "A checkpoint directory, or true for the latest one in output_dir."},
-    )
-    run_dir: str | None = field(
-        default=None,
-        metadata={
-            "help": "One run's folder: SFT writes RUN_DIR/sft, GRPO writes RUN_DIR/grpo and starts "
-            "from RUN_DIR/sft/adapter (unless init_adapter says otherwise), evaluation reads "
-            "RUN_DIR/grpo/adapter. Set it with --run-dir; trainer.output_dir, when given, wins."
-        },
-    )
-    decoding: DecodingSection = field(
-        default_factory=DecodingSection,
-        metadata={"help": "Sampling of the run verbs (rollout, eval); not used by training."},
-    )
+    resume_from_checkpoint: str | bool | None = field(default=None, metadata=_RESUME_HELP)
+    run_dir: str | None = field(default=None, metadata=_RUN_DIR_HELP)
+    decoding: DecodingSection = field(default_factory=DecodingSection, metadata=_DECODING_HELP)
     budget_check: str = field(
         default="error",
         metadata={
