@@ -273,18 +273,30 @@ def parse_scenes(text: str) -> list[str]:
     return scenes
 
 
-def scene_tasks(scenes: list[str], n: int, seed: int, difficulty: str, **knobs: Any) -> list[Any]:
-    """n procedural tasks alternating over `scenes`; task i uses scene seed seed*1e6 + i."""
-    from boxgym.data.scenes import make_scene_task
+def scene_tasks(scenes: list[str], n: int, seed: int, difficulty: str, **knobs: Any) -> Any:
+    """n procedural tasks alternating over `scenes`; task i uses scene seed seed*1e6 + i.
+
+    The tasks are a `LazyTasks`: each scene is drawn when its first episode starts, so memory
+    does not grow with n.
+    """
+    from boxgym.data.lazy_tasks import LazyTasks
+    from boxgym.data.scenes import make_scene_task, resolve_knobs, scene_task_id
 
     if n < 1:
         raise ValueError(f"--n must be >= 1, got {n}")
     if seed < 0:
         raise ValueError(f"--seed must be >= 0, got {seed}")
-    return [
-        make_scene_task(scenes[i % len(scenes)], seed * 1_000_000 + i, difficulty, **knobs)
-        for i in range(n)
-    ]
+    for scene in scenes:
+        resolve_knobs(scene, difficulty, **knobs)  # bad knobs fail now, not at episode 1
+
+    def arguments(i: int) -> tuple[str, int, str]:
+        return scenes[i % len(scenes)], seed * 1_000_000 + i, difficulty
+
+    return LazyTasks(
+        n,
+        build=lambda i: make_scene_task(*arguments(i), **knobs),
+        task_id=lambda i: scene_task_id(*arguments(i), **knobs),
+    )
 
 
 # ---------------------------------------------------------------------------------- running
@@ -342,6 +354,7 @@ def execute_run(
     page (over every shard present)."""
     from boxgym.env import EnvConfig
     from boxgym.policies.registry import make_policy
+    from boxgym.rollouts.metrics import EpisodeColumns
     from boxgym.rollouts.run_dir import (
         check_shard_count,
         hold_run,
@@ -350,7 +363,7 @@ def execute_run(
     )
     from boxgym.rollouts.runner import append_session_timing, run_rollouts
     from boxgym.rollouts.shards import Shard
-    from boxgym.rollouts.store import EpisodeStore, read_episodes
+    from boxgym.rollouts.store import EpisodeReader, EpisodeStore
 
     shard = Shard.parse(args.shard) if getattr(args, "shard", None) else None
     if args.group_size < 1:
@@ -408,6 +421,11 @@ def execute_run(
         policy = make_policy(args.policy, **kwargs)
         if args.policy_delay_s > 0:
             policy = _DelayedPolicy(policy, args.policy_delay_s)
+        # Unsharded, the summary's columns fill as records go by: the stored ones while the
+        # resume pass reads them, the new ones as they finish; the file is parsed once and no
+        # record is kept. A shard's summary covers every shard, read after it ends.
+        columns = None if shard else EpisodeColumns()
+        skip_lines: list[int] = []
         try:
             with EpisodeStore(out, episodes_dir=own_dir if shard else None) as store:
                 if store.repaired_bytes:
@@ -428,16 +446,28 @@ def execute_run(
                     progress=not args.no_progress,
                     run_info={"policy": args.policy, "run": out.resolve().name},
                     task_indices=indices,
+                    on_episode=columns.add if columns is not None else None,
+                    on_stored=columns.add if columns is not None else None,
                 )
+                skip_lines = store.skip_lines
+                if store.scan_report:
+                    print(f"note: {store.scan_report}", file=sys.stderr)
         except Exception as error:
-            stored = len(read_episodes(own_dir).episodes)
+            stored = sum(1 for _ in EpisodeReader(own_dir))
             raise UserError(
                 f"{explain(error)} ({stored}/{expected} episodes{whose} are stored in {own_dir}; "
                 "once fixed, rerun the same command with --resume to finish)"
             ) from error
         append_session_timing(own_dir, stats)
-        stored = len(read_episodes(own_dir).episodes)
-    summary = write_run_outputs(out, seed=args.seed, title=title, page=not args.no_page)
+        stored = stats.skipped_done + stats.episodes
+    summary = write_run_outputs(
+        out,
+        seed=args.seed,
+        title=title,
+        page=not args.no_page,
+        columns=columns,
+        skip_lines=skip_lines,
+    )
     print(
         f"{args.policy}: {stats.episodes} episode(s) this session, {stored}/{expected}{whose} "
         f"stored in {stats.wall_s:.1f}s (policy {stats.policy_s:.1f}s, outside "
@@ -451,17 +481,27 @@ def execute_run(
 
 
 def write_run_outputs(
-    run_dir: Path, *, seed: int, title: str | None = None, page: bool = True
+    run_dir: Path,
+    *,
+    seed: int,
+    title: str | None = None,
+    page: bool = True,
+    columns: Any = None,
+    skip_lines: list[int] | None = None,
 ) -> dict[str, Any]:
     """Write the summary (and page) over every episode of the run, every shard's included.
 
-    Held under the run's summary lock, so of shards ending together the last one to write sees
-    them all.
+    The episodes are streamed (`RunReader`): the summary is built from columns and the page
+    copies the stored lines, so no record is held. An unsharded run that has just run passes
+    the `columns` it filled (`EpisodeColumns`) and the `skip_lines` of its resume pass, and its
+    file is not parsed again. Held under the run's summary lock, so of shards ending together
+    the last one to write sees them all.
     """
-    from boxgym.rollouts.metrics import combine_sessions, write_summary
+    from boxgym.rollouts.metrics import EpisodeColumns, combine_sessions, write_summary
     from boxgym.rollouts.run_dir import summary_lock
-    from boxgym.rollouts.shards import read_run, shard_progress, timing_sessions
-    from boxgym.rollouts.viewer import write_index
+    from boxgym.rollouts.shards import RunReader, shard_progress, timing_sessions
+    from boxgym.rollouts.store import EpisodeReader
+    from boxgym.rollouts.viewer import write_run_page
 
     config: dict[str, Any] = {}
     # no or unreadable run.json: the summary still works (bootstrap seed as given)
@@ -469,23 +509,30 @@ def write_run_outputs(
         loaded = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
         config = loaded if isinstance(loaded, dict) else {}
     with summary_lock(run_dir):
-        run = read_run(run_dir)
-        if run.report():
-            print(f"note: {run.report()}", file=sys.stderr)
-        sessions = timing_sessions(run_dir)
         extra = {}
-        progress = shard_progress(run, config)
-        if progress is not None:
-            extra["shards"] = progress
+        if columns is None:
+            reader = RunReader(run_dir)
+            columns = EpisodeColumns()
+            for record in reader:  # one streaming pass over every shard's file
+                columns.add(record)
+            if reader.report():
+                print(f"note: {reader.report()}", file=sys.stderr)
+            progress = shard_progress(reader.stored, config)
+            if progress is not None:
+                extra["shards"] = progress
+            lines = reader.raw_lines()
+        else:
+            lines = EpisodeReader(run_dir).raw_lines(skip_lines or ())
+        sessions = timing_sessions(run_dir)
         summary = write_summary(
             run_dir,
-            run.episodes,
+            columns,
             seed=seed,
             timing=combine_sessions(sessions) if sessions else None,
             extra=extra,
         )
         if page:
-            write_index(run_dir, run.episodes, summary, title=title)
+            write_run_page(run_dir, summary, lines, title=title)
     return summary
 
 

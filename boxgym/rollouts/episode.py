@@ -5,8 +5,8 @@ A record (one line of `episodes.jsonl`):
     key            {"task_id", "task_index", "sample"}: the episode's identity within the run
     policy, ...    the run fields the runner passes (policy name, run name)
     seed           the episode seed (env reset and scripted-policy randomness)
-    task           the task's ground truth (`Task.ground_truth()`) plus "images": [sha, ...]
-    prompt         the messages before the first assistant turn, images as sha references
+    task           the task's ground truth (`Task.ground_truth()`) plus "images": [ref, ...]
+    prompt         the messages before the first assistant turn, images as references
     turns          per turn: "turn", "assistant" (raw text), "calls" and "errors" (parsed),
                    "tool_results" (tool messages, images as sha), "reward", "info" (the rest of
                    the env's step info that is small and JSON-able)
@@ -20,6 +20,12 @@ A record (one line of `episodes.jsonl`):
 Everything goes through `to_jsonable`: numpy scalars become numbers, tuples lists, objects with
 `to_json()` their JSON, non-finite floats the strings "nan"/"inf"/"-inf", PIL images stored
 image references.
+
+An image block in a message is `{"type": "image", "image": ref}`. When the image is one the
+env derived from a task image (a working view, a marked-up image, a crop: it carries a recipe,
+`boxgym.tools.recipes`), the block is `{"type": "image", "image": <ref of that task image>,
+"recipe": {...}}` and nothing is encoded: `render_recipe` rebuilds the pixels, the viewer draws
+the recipe over the stored task image.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from PIL import Image
 
 from boxgym.data.task import Task
 from boxgym.rollouts.store import EpisodeStore
+from boxgym.tools.recipes import image_recipe
 
 # Step-info keys stored elsewhere in the record (or too large / not data) and not under "info".
 _INFO_SKIP = {
@@ -73,8 +80,14 @@ def to_jsonable(value: Any, store: EpisodeStore | None = None, depth: int = 0) -
     return repr(value)[:500]
 
 
-def serialize_message(message: dict[str, Any], store: EpisodeStore) -> dict[str, Any]:
-    """A chat message with each image replaced by its stored sha."""
+def serialize_message(
+    message: dict[str, Any], store: EpisodeStore, sources: list[str] | None = None
+) -> dict[str, Any]:
+    """A chat message with each image replaced by its stored reference.
+
+    `sources` are the references of the task's images: an image with a recipe on one of them
+    is stored as that reference plus the recipe, without encoding it.
+    """
     out: dict[str, Any] = {"role": message.get("role")}
     if message.get("name") is not None:
         out["name"] = message["name"]
@@ -87,7 +100,12 @@ def serialize_message(message: dict[str, Any], store: EpisodeStore) -> dict[str,
         if not isinstance(block, dict):
             blocks.append({"type": "text", "text": str(block)})
         elif block.get("type") == "image" and isinstance(block.get("image"), Image.Image):
-            blocks.append({"type": "image", "image": store.put_image(block["image"])})
+            recipe = image_recipe(block["image"])
+            if recipe is not None and sources and 0 <= recipe.get("source", -1) < len(sources):
+                ref = sources[recipe["source"]]
+                blocks.append({"type": "image", "image": ref, "recipe": recipe})
+            else:
+                blocks.append({"type": "image", "image": store.put_image(block["image"])})
         else:
             blocks.append(to_jsonable(block, store))
     out["content"] = blocks
@@ -143,7 +161,8 @@ class EpisodeRecorder:
         self._error: str | None = None
 
     def set_prompt(self, messages: list[dict[str, Any]]) -> None:
-        self._record["prompt"] = [serialize_message(m, self.store) for m in messages]
+        sources = self._record["task"]["images"]
+        self._record["prompt"] = [serialize_message(m, self.store, sources) for m in messages]
 
     def add_turn(
         self, text: str, new_messages: list[dict[str, Any]], reward: float, info: dict[str, Any]
@@ -151,8 +170,11 @@ class EpisodeRecorder:
         """Record one step: the assistant text, the parsed calls, the tool results."""
         self._reward += reward if math.isfinite(reward) else 0.0
         self._last_info = info or {}
+        sources = self._record["task"]["images"]
         tool_results = [
-            serialize_message(m, self.store) for m in new_messages if m.get("role") != "assistant"
+            serialize_message(m, self.store, sources)
+            for m in new_messages
+            if m.get("role") != "assistant"
         ]
         extra = {k: v for k, v in self._last_info.items() if k not in _INFO_SKIP}
         self._record["turns"].append(

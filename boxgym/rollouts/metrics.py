@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections import Counter, defaultdict
+from array import array
+from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,63 @@ HEADLINE_METRICS: dict[str, str] = {
 }
 
 BOOTSTRAP_RESAMPLES = 1000
+# Most cluster draws held at once by the bootstrap (the resamples are made in chunks of rows).
+BOOTSTRAP_CHUNK_DRAWS = 2**21
+
+
+def bootstrap_ratios(
+    sums: np.ndarray,
+    counts: np.ndarray,
+    *,
+    seed: int = 0,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    level: float = 0.95,
+) -> list[dict[str, Any]]:
+    """Cluster-bootstrap intervals of sum/count means for many metrics at once.
+
+    `sums` and `counts` are (clusters, metrics): each cluster's total and number of values per
+    metric. Clusters are resampled with replacement, the same draws for every metric; each
+    resample's mean is its clusters' summed totals over their summed counts. The draws become
+    per-cluster weights, `resamples` rows of them in chunks of `BOOTSTRAP_CHUNK_DRAWS`, so memory
+    stays bounded and the work is one matrix product per chunk: O(resamples x clusters x
+    metrics), linear in the number of episodes.
+
+    Returns one `{"mean", "ci95": [lo, hi], "n"}` per metric (None where it has no values; a
+    point interval where only one cluster has values).
+    """
+    sums = np.asarray(sums, dtype=np.float64)
+    counts = np.asarray(counts, dtype=np.float64)
+    clusters, width = sums.shape
+    total_s, total_c = sums.sum(axis=0), counts.sum(axis=0)
+    clusters_with = (counts > 0).sum(axis=0)
+    need = [m for m in range(width) if total_c[m] > 0 and clusters_with[m] > 1]
+    boot = np.empty((resamples, len(need)))
+    if need:
+        rng = np.random.default_rng(seed)
+        rows = max(1, BOOTSTRAP_CHUNK_DRAWS // clusters)
+        s, c = sums[:, need], counts[:, need]
+        for begin in range(0, resamples, rows):
+            r = min(rows, resamples - begin)
+            draws = rng.integers(0, clusters, size=(r, clusters))
+            draws += (np.arange(r) * clusters)[:, None]
+            weights = np.bincount(draws.ravel(), minlength=r * clusters).reshape(r, clusters)
+            weights = weights.astype(np.float64)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                boot[begin : begin + r] = (weights @ s) / (weights @ c)
+    alpha = (1.0 - level) / 2.0
+    out: list[dict[str, Any]] = []
+    for m in range(width):
+        n = int(total_c[m])
+        if n == 0:
+            out.append({"mean": None, "ci95": [None, None], "n": 0})
+            continue
+        mean = float(total_s[m] / total_c[m])
+        if clusters_with[m] <= 1:
+            out.append({"mean": mean, "ci95": [mean, mean], "n": n})
+            continue
+        lo, hi = np.nanquantile(boot[:, need.index(m)], [alpha, 1.0 - alpha])
+        out.append({"mean": mean, "ci95": [float(lo), float(hi)], "n": n})
+    return out
 
 
 def bootstrap_mean_ci(
@@ -63,21 +121,11 @@ def bootstrap_mean_ci(
             continue
         sums[key] += float(value)
         counts[key] += 1
-    n = sum(counts.values())
-    if n == 0:
+    if not sums:
         return {"mean": None, "ci95": [None, None], "n": 0}
-    order = list(sums)
-    s = np.array([sums[k] for k in order], dtype=np.float64)
-    c = np.array([counts[k] for k in order], dtype=np.float64)
-    mean = float(s.sum() / c.sum())
-    if len(order) == 1:
-        return {"mean": mean, "ci95": [mean, mean], "n": n}
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(order), size=(resamples, len(order)))
-    boot = s[idx].sum(axis=1) / c[idx].sum(axis=1)
-    alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(boot, [alpha, 1.0 - alpha])
-    return {"mean": mean, "ci95": [float(lo), float(hi)], "n": n}
+    s = np.array([[sums[k]] for k in sums])
+    c = np.array([[counts[k]] for k in sums], dtype=np.float64)
+    return bootstrap_ratios(s, c, seed=seed, resamples=resamples, level=level)[0]
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -102,104 +150,198 @@ def group_of(episode: dict[str, Any]) -> str:
     return f"{episode.get('policy') or ''}|{episode['key']['task_id']}"
 
 
-def group_scores(episodes: list[dict[str, Any]], *, seed: int = 0) -> dict[str, Any]:
-    """pass@k and Avg@k over the groups (episodes sharing policy and task), with bootstrap intervals.
-
-    Only groups with the run's full group size count, so a partial run does not skew pass@k.
-    """
-    groups: dict[str, list[bool]] = defaultdict(list)
-    for ep in episodes:
-        success = (ep.get("metrics") or {}).get("success")
-        if success is None:
-            continue
-        groups[group_of(ep)].append(bool(success))
-    if not groups:
-        return {"group_size": 0, "groups": 0, "pass_at_k": {}, "avg_at_k": None}
-    size = Counter(len(v) for v in groups.values()).most_common(1)[0][0]
-    full = {g: v for g, v in groups.items() if len(v) == size}
-    out: dict[str, Any] = {"group_size": size, "groups": len(full), "pass_at_k": {}}
-    for k in _ks(size):
-        per_group = [pass_at_k(size, sum(v), k) for v in full.values()]
-        out["pass_at_k"][str(k)] = bootstrap_mean_ci(per_group, seed=seed)
-    avg = [sum(v) / len(v) for v in full.values()]
-    out["avg_at_k"] = {"k": size, **bootstrap_mean_ci(avg, seed=seed)}
-    return out
-
-
-def _metric_table(episodes: list[dict[str, Any]], seed: int) -> dict[str, Any]:
-    names: list[str] = list(HEADLINE_METRICS)
-    for ep in episodes:
-        for name, value in (ep.get("metrics") or {}).items():
-            if name not in names and (value is None or isinstance(value, (int, float))):
-                names.append(name)
-    groups = [group_of(ep) for ep in episodes]
-    table = {}
-    for name in names:
-        values = []
-        for ep in episodes:
-            value = (ep.get("metrics") or {}).get(name)
-            values.append(float(value) if isinstance(value, (int, float)) else None)
-        table[name] = bootstrap_mean_ci(values, groups, seed=seed)
-    return table
-
-
 def difficulty_of(episode: dict[str, Any]) -> str:
     """The episode's difficulty bucket (from the task's meta), or "unknown"."""
     meta = (episode.get("task") or {}).get("meta") or {}
     return str(meta.get("difficulty", "unknown"))
 
 
+def source_of(episode: dict[str, Any]) -> str:
+    """The episode's task source (scene family or dataset), or "unknown"."""
+    return str((episode.get("task") or {}).get("source") or "unknown")
+
+
+def policy_of(episode: dict[str, Any]) -> str:
+    return str(episode.get("policy") or "unknown")
+
+
+BUCKETS = {"by_difficulty": difficulty_of, "by_source": source_of, "by_policy": policy_of}
+
+
+class EpisodeColumns:
+    """What a summary needs from each episode, as columns: records are read once, not kept.
+
+    Per episode: every numeric metric (NaN where missing or not a number), its group, its
+    difficulty/source/policy bucket and its failure; timings are summed. 100,000 episodes take
+    a few tens of MB, so `boxgym view` and a resumed run summarise any run in bounded memory.
+    """
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.names: list[str] = list(HEADLINE_METRICS)  # headline first, then as first seen
+        self._values: dict[str, array] = {name: array("d") for name in self.names}
+        self._codes: dict[str, tuple[array, dict[str, int]]] = {
+            key: (array("l"), {}) for key in ("group", "failure", *BUCKETS)
+        }
+        self._timing: dict[str, float] = defaultdict(float)
+
+    def add(self, episode: dict[str, Any]) -> None:
+        """Add one episode record (or any dict with its key, policy, task, metrics, failure)."""
+        metrics = episode.get("metrics") or {}
+        for name, value in metrics.items():
+            if name not in self._values and (value is None or isinstance(value, (int, float))):
+                self.names.append(name)
+                self._values[name] = array("d", [math.nan]) * self.n
+        for name, column in self._values.items():
+            value = metrics.get(name)
+            column.append(float(value) if isinstance(value, (int, float)) else math.nan)
+        labels = {
+            "group": group_of(episode),
+            "failure": str(episode.get("failure", "unknown")),
+            **{key: bucket_of(episode) for key, bucket_of in BUCKETS.items()},
+        }
+        for key, label in labels.items():
+            codes, names = self._codes[key]
+            codes.append(names.setdefault(label, len(names)))
+        for name, value in (episode.get("timing") or {}).items():
+            if isinstance(value, (int, float)):
+                self._timing[name] += float(value)
+        self.n += 1
+
+    def values(self, name: str) -> np.ndarray:
+        return np.array(self._values[name], dtype=np.float64)
+
+    def codes(self, key: str) -> tuple[np.ndarray, list[str]]:
+        """Integer codes of a label column ("group", "failure" or a bucket) and their labels."""
+        codes, names = self._codes[key]
+        return np.array(codes, dtype=np.int64), list(names)
+
+    def timing(self) -> dict[str, Any]:
+        """The time split summed over the episodes (policy share vs env and storage)."""
+        totals = self._timing
+        out: dict[str, Any] = {k: round(v, 6) for k, v in sorted(totals.items())}
+        busy = sum(totals.get(k, 0.0) for k in ("policy_s", "env_s", "record_s"))
+        if busy > 0:
+            out["policy_fraction"] = round(totals.get("policy_s", 0.0) / busy, 4)
+        return out
+
+
+def _metric_table(
+    columns: EpisodeColumns, rows: np.ndarray, groups: np.ndarray, seed: int
+) -> dict[str, Any]:
+    """Each metric's mean and cluster-bootstrap interval over episodes `rows` (groups: their
+    group codes); non-headline metrics without a value in these rows are left out."""
+    _, inverse = np.unique(groups, return_inverse=True)
+    clusters = int(inverse.max()) + 1 if len(inverse) else 0
+    names, sums, counts = [], [], []
+    for name in columns.names:
+        values = columns.values(name)[rows]
+        valid = ~np.isnan(values)
+        if name not in HEADLINE_METRICS and not valid.any():
+            continue
+        names.append(name)
+        sums.append(np.bincount(inverse[valid], weights=values[valid], minlength=clusters))
+        counts.append(np.bincount(inverse[valid], minlength=clusters).astype(np.float64))
+    if clusters == 0:
+        return {name: {"mean": None, "ci95": [None, None], "n": 0} for name in names}
+    results = bootstrap_ratios(np.stack(sums, 1), np.stack(counts, 1), seed=seed)
+    return dict(zip(names, results))
+
+
+def _group_scores(
+    columns: EpisodeColumns, rows: np.ndarray, groups: np.ndarray, seed: int
+) -> dict[str, Any]:
+    success = columns.values("success")[rows]
+    valid = ~np.isnan(success)
+    if not valid.any():
+        return {"group_size": 0, "groups": 0, "pass_at_k": {}, "avg_at_k": None}
+    _, inverse = np.unique(groups[valid], return_inverse=True)
+    sizes = np.bincount(inverse)
+    wins = np.bincount(inverse, weights=(success[valid] != 0).astype(np.float64))
+    size = int(np.bincount(sizes).argmax())  # the most common group size (smallest on ties)
+    full = sizes == size
+    c = wins[full].astype(np.int64)
+    out: dict[str, Any] = {"group_size": size, "groups": int(full.sum()), "pass_at_k": {}}
+    ones = np.ones((len(c), 1))
+    for k in _ks(size):
+        table = np.array([pass_at_k(size, j, k) for j in range(size + 1)])
+        out["pass_at_k"][str(k)] = bootstrap_ratios(table[c][:, None], ones, seed=seed)[0]
+    avg = bootstrap_ratios((c / size)[:, None], ones, seed=seed)[0]
+    out["avg_at_k"] = {"k": size, **avg}
+    return out
+
+
+def group_scores(episodes: Iterable[dict[str, Any]], *, seed: int = 0) -> dict[str, Any]:
+    """pass@k and Avg@k over the groups (episodes sharing policy and task), with bootstrap intervals.
+
+    Only groups with the run's full group size count, so a partial run does not skew pass@k.
+    """
+    columns = EpisodeColumns()
+    for episode in episodes:
+        columns.add(episode)
+    groups, _ = columns.codes("group")
+    return _group_scores(columns, np.arange(columns.n), groups, seed)
+
+
 def summarize(
-    episodes: list[dict[str, Any]],
+    episodes: Iterable[dict[str, Any]] | EpisodeColumns,
     *,
     seed: int = 0,
     timing: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The run summary: overall and per difficulty/source/policy metrics, pass@k, failures."""
+    """The run summary: overall and per difficulty/source/policy metrics, pass@k, failures.
+
+    `episodes` may be records (read once, in any iterable) or an `EpisodeColumns` filled as
+    the records went by.
+    """
+    if isinstance(episodes, EpisodeColumns):
+        columns = episodes
+    else:
+        columns = EpisodeColumns()
+        for episode in episodes:
+            columns.add(episode)
+    groups, _ = columns.codes("group")
+    every = np.arange(columns.n)
+    failure_codes, failure_names = columns.codes("failure")
+    failure_counts = np.bincount(failure_codes, minlength=len(failure_names))
     summary: dict[str, Any] = {
-        "episodes": len(episodes),
+        "episodes": columns.n,
         "metric_help": HEADLINE_METRICS,
-        "metrics": _metric_table(episodes, seed),
-        **group_scores(episodes, seed=seed),
-        "failures": dict(sorted(Counter(ep.get("failure", "unknown") for ep in episodes).items())),
+        "metrics": _metric_table(columns, every, groups, seed),
+        **_group_scores(columns, every, groups, seed),
+        "failures": {
+            name: int(failure_counts[i])
+            for i, name in sorted(enumerate(failure_names), key=lambda x: x[1])
+        },
     }
-    for bucket_name, bucket_of in (
-        ("by_difficulty", difficulty_of),
-        ("by_source", lambda ep: str((ep.get("task") or {}).get("source") or "unknown")),
-        ("by_policy", lambda ep: str(ep.get("policy") or "unknown")),
-    ):
-        buckets: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for ep in episodes:
-            buckets[bucket_of(ep)].append(ep)
-        summary[bucket_name] = {
-            name: {
-                "episodes": len(eps),
-                "metrics": _metric_table(eps, seed),
-                **{k: v for k, v in group_scores(eps, seed=seed).items() if k == "pass_at_k"},
+    for bucket_name in BUCKETS:
+        codes, labels = columns.codes(bucket_name)
+        order = np.argsort(codes, kind="stable")
+        bounds = np.searchsorted(codes[order], np.arange(len(labels) + 1))
+        entries = {}
+        for i, label in enumerate(labels):
+            rows = np.sort(order[bounds[i] : bounds[i + 1]])
+            entries[label] = {
+                "episodes": len(rows),
+                "metrics": _metric_table(columns, rows, groups[rows], seed),
+                "pass_at_k": _group_scores(columns, rows, groups[rows], seed)["pass_at_k"],
             }
-            for name, eps in sorted(buckets.items())
-        }
-    summary["timing"] = timing if timing is not None else episode_timing(episodes)
+        summary[bucket_name] = dict(sorted(entries.items()))
+    summary["timing"] = timing if timing is not None else columns.timing()
     return summary
 
 
-def episode_timing(episodes: list[dict[str, Any]]) -> dict[str, Any]:
+def episode_timing(episodes: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """The time split summed over stored episodes (policy share vs env and storage)."""
-    totals: dict[str, float] = defaultdict(float)
-    for ep in episodes:
-        for name, value in (ep.get("timing") or {}).items():
-            if isinstance(value, (int, float)):
-                totals[name] += float(value)
-    out: dict[str, Any] = {k: round(v, 6) for k, v in sorted(totals.items())}
-    busy = totals.get("policy_s", 0.0) + totals.get("env_s", 0.0) + totals.get("record_s", 0.0)
-    if busy > 0:
-        out["policy_fraction"] = round(totals.get("policy_s", 0.0) / busy, 4)
-    return out
+    columns = EpisodeColumns()
+    for episode in episodes:
+        columns.add(episode)
+    return columns.timing()
 
 
 def write_summary(
     run_dir: str | Path,
-    episodes: list[dict[str, Any]],
+    episodes: Iterable[dict[str, Any]] | EpisodeColumns,
     *,
     seed: int = 0,
     timing: dict[str, Any] | None = None,

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from boxgym.data.lazy_tasks import task_ids
 from boxgym.data.task import Task
 from boxgym.env.parsing import valid_unicode
 from boxgym.policies.base import Policy
@@ -98,11 +99,13 @@ def run_rollouts(
     run_info: dict[str, Any] | None = None,
     on_episode: Callable[[dict[str, Any]], None] | None = None,
     task_indices: Sequence[int] | None = None,
+    on_stored: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunStats:
     """Run every (task, sample) key not yet in `store` and append each finished episode.
 
     Args:
-        tasks: the run's tasks, in a fixed order (task index = position).
+        tasks: the run's tasks, in a fixed order (task index = position); a `LazyTasks`
+            builds each when its first episode starts, so memory stays bounded by `max_live`.
         policy: anything with `act(conversations, tools, tasks)`.
         make_env: builds a fresh environment (reset with `options={"task": task}`).
         store: where finished episodes go; its `done_keys()` are skipped (resume).
@@ -116,6 +119,8 @@ def run_rollouts(
         on_episode: called with each finished record (after it is stored).
         task_indices: the positions in `tasks` to run (default: all); a shard runs its share.
             Seeds and record keys still use the position in `tasks`.
+        on_stored: called with each record already in `store` (a resumed run), as the one
+            pass that finds the done keys reads it.
 
     Returns:
         The session's statistics.
@@ -126,12 +131,13 @@ def run_rollouts(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if max_live is not None and max_live < 1:
         raise ValueError(f"max_live must be >= 1, got {max_live}")
-    ids = [t.id for t in tasks]
+    ids = task_ids(tasks)  # a LazyTasks names its tasks without building them
     if len(set(ids)) != len(ids):
         raise ValueError("task ids must be unique within a run (they key the stored episodes)")
     indices = range(len(tasks)) if task_indices is None else task_indices
-    done = store.done_keys()
-    keys = [(i, s) for i in indices for s in range(group_size) if (tasks[i].id, s) not in done]
+    done = store.done_keys(on_record=on_stored)
+    keys = [(i, s) for i in indices for s in range(group_size) if (ids[i], s) not in done]
+    del ids
     stats = RunStats(skipped_done=len(indices) * group_size - len(keys))
     session = _Session(tasks, policy, make_env, store, seed, stats, run_info or {}, on_episode)
     session.bar = _progress_bar(len(keys), progress)

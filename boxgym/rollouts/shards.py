@@ -7,7 +7,7 @@ may run at the same time, from processes or machines sharing the run folder:
 
     RUN/run.json                          the run's configuration, `"shards": n` included;
                                           written by the first shard, every later one must match
-    RUN/images/<sha>.png                  shared, content-addressed, renamed into place
+    RUN/images/<sha>.jpg                  shared, content-addressed, renamed into place
     RUN/run.lock                          held shared by every running shard
     RUN/shards/<i>-of-<n>/episodes.jsonl  this shard's episodes
     RUN/shards/<i>-of-<n>/run.lock        held by the running shard: the same shard twice is refused
@@ -15,20 +15,23 @@ may run at the same time, from processes or machines sharing the run folder:
     RUN/summary.json, RUN/index.html      over every shard present, rewritten whenever a shard
                                           ends (under `summary.lock`) and by `boxgym view`
 
-There is no merge step: every reader (`read_run`) takes the union of the shard files, so a
-killed shard loses only its episodes in flight, and `--resume` with the same `--shard` finishes it.
+There is no merge step: every reader (`RunReader`, `read_run`) takes the union of the shard files,
+so a killed shard loses only its episodes in flight, and `--resume` with the same `--shard`
+finishes it. `RunReader` streams the union (the summary and the page hold no records);
+`read_run` lists it in run order.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from boxgym.errors import UserError
-from boxgym.rollouts.store import EPISODES_FILE, episode_key, read_episodes
+from boxgym.rollouts.store import EPISODES_FILE, EpisodeReader, episode_key
 
 SHARDS_DIR = "shards"
 TIMING_FILE = "timing.json"
@@ -91,6 +94,65 @@ def is_run_folder(run_dir: str | Path) -> bool:
     return (Path(run_dir) / EPISODES_FILE).exists() or bool(shards_present(run_dir))
 
 
+class RunReader:
+    """Streams every episode of a run folder, each key once: its `episodes.jsonl`, then every
+    shard's in shard order. No record is kept, only the keys seen.
+
+    After a pass: `notes` (one line per file that had lines dropped, and for keys stored twice),
+    `stored` (episodes each shard's file holds) and `skip` (per file, the line numbers left
+    out), which `raw_lines` uses to copy the same episodes' lines without parsing them again.
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.shards = shards_present(self.run_dir)
+        self.notes: list[str] = []
+        self.stored: dict[Shard, int] = {}
+        self.skip: dict[Path, list[int]] = {}
+
+    def _files(self) -> list[tuple[str, Shard | None, Path]]:
+        files: list[tuple[str, Shard | None, Path]] = [("", None, self.run_dir / EPISODES_FILE)]
+        for shard in self.shards:
+            files.append(
+                (f"{SHARDS_DIR}/{shard.name}: ", shard, shard.folder(self.run_dir) / EPISODES_FILE)
+            )
+        return files
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self.notes, self.stored, self.skip = [], {}, {}
+        seen: set[tuple[str, int]] = set()
+        twice = 0
+        for prefix, shard, path in self._files():
+            reader = EpisodeReader(path)
+            skip: list[int] = []
+            own: set[tuple[str, int]] = set()
+            for number, record in reader.numbered():
+                key = episode_key(record)
+                own.add(key)
+                if key in seen:
+                    skip.append(number)
+                    twice += 1
+                    continue
+                seen.add(key)
+                yield record
+            self.skip[path] = sorted([*skip, *reader.bad_lines])
+            if shard is not None:
+                self.stored[shard] = len(own)
+            if reader.report():
+                self.notes.append(prefix + reader.report())
+        if twice:
+            self.notes.append(f"ignored {twice} episode(s) stored twice")
+
+    def raw_lines(self) -> Iterator[str]:
+        """The stored text of the episodes the last pass yielded (after a pass)."""
+        for _, _, path in self._files():
+            yield from EpisodeReader(path).raw_lines(self.skip.get(path, ()))
+
+    def report(self) -> str:
+        """One line for the user: what the last pass dropped, or an empty string."""
+        return "; ".join(self.notes)
+
+
 @dataclass
 class RunLog:
     """A run's episodes, every shard's together.
@@ -112,32 +174,12 @@ class RunLog:
 
 
 def read_run(run_dir: str | Path) -> RunLog:
-    """Every episode of a run folder: its `episodes.jsonl` and every shard's."""
-    run_dir = Path(run_dir)
-    run = RunLog()
-    main = read_episodes(run_dir)
-    run.episodes.extend(main.episodes)
-    if main.report():
-        run.notes.append(main.report())
-    shards = shards_present(run_dir)
-    for shard in shards:
-        log = read_episodes(shard.folder(run_dir))
-        run.stored[shard] = len({episode_key(r) for r in log.episodes})
-        run.episodes.extend(log.episodes)
-        if log.report():
-            run.notes.append(f"{SHARDS_DIR}/{shard.name}: {log.report()}")
-    if shards:
-        run.episodes.sort(key=_order)
-    seen: set[tuple[str, int]] = set()
-    unique = []
-    for record in run.episodes:
-        if episode_key(record) not in seen:
-            seen.add(episode_key(record))
-            unique.append(record)
-    if len(unique) < len(run.episodes):
-        run.notes.append(f"ignored {len(run.episodes) - len(unique)} episode(s) stored twice")
-    run.episodes = unique
-    return run
+    """Every episode of a run folder, held in a list: its `episodes.jsonl` and every shard's."""
+    reader = RunReader(run_dir)
+    episodes = list(reader)
+    if reader.shards:
+        episodes.sort(key=_order)
+    return RunLog(episodes, reader.notes, reader.stored)
 
 
 def _order(record: dict[str, Any]) -> tuple[int, int]:
@@ -162,11 +204,11 @@ def timing_sessions(run_dir: str | Path) -> list[dict[str, Any]]:
     return sessions
 
 
-def shard_progress(run: RunLog, config: dict[str, Any]) -> dict[str, Any] | None:
+def shard_progress(stored: dict[Shard, int], config: dict[str, Any]) -> dict[str, Any] | None:
     """How many of the run's shards are complete (None for an unsharded run).
 
-    `config` is the run's `run.json`: its `shards`, `n_tasks` and `group_size` say what each
-    shard must store.
+    `stored` is the episodes each shard's file holds (`RunReader.stored`); `config` is the run's
+    `run.json`: its `shards`, `n_tasks` and `group_size` say what each shard must store.
     """
     try:
         count, n_tasks = int(config["shards"]), int(config["n_tasks"])
@@ -177,13 +219,13 @@ def shard_progress(run: RunLog, config: dict[str, Any]) -> dict[str, Any] | None
     for index in range(count):
         shard = Shard(index, count)
         expected = len(shard.task_indices(n_tasks)) * group_size
-        stored = run.stored.get(shard, 0)
+        stored_here = stored.get(shard, 0)
         rows.append(
             {
                 "shard": shard.label,
-                "stored": stored,
+                "stored": stored_here,
                 "expected": expected,
-                "complete": stored >= expected,
+                "complete": stored_here >= expected,
             }
         )
     return {

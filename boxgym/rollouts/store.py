@@ -3,7 +3,13 @@
 Layout of a run directory:
 
     episodes.jsonl       one finished episode per line, appended, flushed and fsynced per episode
-    images/<sha>.png     every distinct image once; records refer to it by `<sha>`
+    images/<sha>.jpg     every distinct stored image once; records refer to it as "<sha>.jpg"
+                         (runs written before the JPEG default: images/<sha>.png, referred to
+                         as "<sha>"; `image_relpath` resolves both)
+
+Only source images are stored: the tool images and working views the env derives from them
+carry a recipe (`boxgym.tools.recipes`) that the record keeps instead, so a run encodes each task
+image once, not every marked-up copy of it.
 
 A shard of a run (`boxgym.rollouts.shards`) keeps its `episodes.jsonl` in a folder of its own
 (`episodes_dir`) and shares `images/`: images are content-addressed and renamed into place, so two
@@ -17,9 +23,12 @@ store for appending cuts off (reported in `repaired_bytes`). A resumed run there
 most the episodes that were in flight.
 
 Hashing covers the raw pixels, the size and the mode, so two equal images from different turns
-or episodes are stored once. PNG encoding is the expensive part (research.md: ~100 ms for a
-noisy 1024x1024 image even at compress_level 1), so it runs on a small thread pool and overlaps
-with the policy's next turn.
+or episodes are stored once; an image object put again (the G samples of one task) is not hashed
+again. Encoding is the expensive part: PNG costs 3-5 ms for a plain 448x448 scene and 26 ms for a
+noisy one even at compress_level 1, JPEG at quality 90 0.5-0.8 ms (docs/benchmarks.md), so the
+default is JPEG (the viewer's copy; the exact pixels are re-derived from the task's seed or
+source) and `image_format="png"` keeps lossless files. Encoding runs on a small thread pool and
+overlaps with the policy's next turn.
 """
 
 from __future__ import annotations
@@ -27,7 +36,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +50,11 @@ from boxgym.env.parsing import valid_unicode
 EPISODES_FILE = "episodes.jsonl"
 IMAGES_DIR = "images"
 _TMP_PREFIX = ".tmp-"
+# Stored image formats: file suffix and PIL save arguments.
+IMAGE_FORMATS: dict[str, tuple[str, dict[str, Any]]] = {
+    "jpeg": (".jpg", {"format": "JPEG", "quality": 90}),
+    "png": (".png", {"format": "PNG"}),
+}
 
 
 def image_sha(image: Image.Image) -> str:
@@ -50,9 +65,13 @@ def image_sha(image: Image.Image) -> str:
     return digest.hexdigest()[:32]
 
 
-def image_relpath(sha: str) -> str:
-    """Path of a stored image relative to the run directory (what the viewer links to)."""
-    return f"{IMAGES_DIR}/{sha}.png"
+def image_relpath(ref: str) -> str:
+    """Path of a stored image relative to the run directory (what the viewer links to).
+
+    `ref` is what a record holds: "<sha>.jpg" / "<sha>.png", or a bare "<sha>" (older runs,
+    always PNG).
+    """
+    return f"{IMAGES_DIR}/{ref}" if "." in ref else f"{IMAGES_DIR}/{ref}.png"
 
 
 def episode_key(record: dict[str, Any]) -> tuple[str, int]:
@@ -151,39 +170,70 @@ class EpisodeLog:
         return "; ".join(parts)
 
 
+class EpisodeReader:
+    """Streams the records of `episodes.jsonl` (or a run directory holding one), line by line.
+
+    Iterating parses each complete line once and yields its record; as it goes it notes a torn
+    last line (no newline: a kill mid-write) and complete lines that did not parse
+    (`torn_tail`, `bad_lines`, `report()` as in `EpisodeLog`). `raw_lines()` yields the bytes of
+    the good lines without parsing them again (the run page copies them as they are), given the
+    bad line numbers of an earlier pass. A missing file reads as empty.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        self.path = path / EPISODES_FILE if path.is_dir() else path
+        self.torn_tail = False
+        self.bad_lines: list[int] = []
+
+    def _numbered_lines(self) -> Iterator[tuple[int, bytes]]:
+        if not self.path.exists():
+            return
+        with open(self.path, "rb") as f:
+            for number, raw in enumerate(f, start=1):
+                if not raw.endswith(b"\n"):
+                    self.torn_tail = True  # the last line was cut off mid-write
+                    return
+                if raw.strip():
+                    yield number, raw
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for _, record in self.numbered():
+            yield record
+
+    def numbered(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Each good record with its line number (1-based), as iterating yields them."""
+        self.torn_tail, self.bad_lines = False, []
+        for number, raw in self._numbered_lines():
+            try:
+                record = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                self.bad_lines.append(number)
+                continue
+            if not isinstance(record, dict) or not _has_valid_key(record):
+                self.bad_lines.append(number)
+                continue
+            yield number, record
+
+    def raw_lines(self, skip: Iterable[int] = ()) -> Iterator[str]:
+        """The text of every complete line except the numbers in `skip`, newline stripped."""
+        skipped = set(skip)
+        for number, raw in self._numbered_lines():
+            if number not in skipped:
+                yield raw.decode("utf-8").rstrip("\n")
+
+    def report(self) -> str:
+        return EpisodeLog(torn_tail=self.torn_tail, bad_lines=self.bad_lines).report()
+
+
 def read_episodes(path: str | Path) -> EpisodeLog:
     """Read `episodes.jsonl` (or a run directory holding one), tolerating a torn last line.
 
-    A missing file reads as an empty log.
+    A missing file reads as an empty log. `EpisodeReader` streams instead of holding them all.
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / EPISODES_FILE
-    log = EpisodeLog()
-    if not path.exists():
-        return log
-    data = path.read_bytes()
-    if not data:
-        return log
-    lines = data.split(b"\n")
-    if lines[-1] == b"":
-        lines.pop()
-    elif lines:
-        lines.pop()  # no trailing newline: the last line was cut off mid-write
-        log.torn_tail = True
-    for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            log.bad_lines.append(number)
-            continue
-        if not isinstance(record, dict) or not _has_valid_key(record):
-            log.bad_lines.append(number)
-            continue
-        log.episodes.append(record)
-    return log
+    reader = EpisodeReader(path)
+    episodes = list(reader)
+    return EpisodeLog(episodes, torn_tail=reader.torn_tail, bad_lines=reader.bad_lines)
 
 
 class EpisodeStore:
@@ -194,6 +244,7 @@ class EpisodeStore:
         episodes_dir: the folder of this writer's `episodes.jsonl` and of its temporary image
             files (default `out_dir`; a shard's own folder). Only this writer uses it, so the
             temporary files a killed writer left there are removed on opening.
+        image_format: "jpeg" (quality 90, the default: 5-35x cheaper to encode) or "png".
         compress_level: PNG zlib level; 1 is the fast end (research.md costs).
         image_workers: threads that encode PNGs in the background; 0 encodes inline.
         max_pending_images: most images queued for encoding (each holds a copy in memory);
@@ -205,6 +256,7 @@ class EpisodeStore:
         out_dir: str | Path,
         *,
         episodes_dir: str | Path | None = None,
+        image_format: str = "jpeg",
         compress_level: int = 1,
         image_workers: int = 1,
         max_pending_images: int = 64,
@@ -217,14 +269,26 @@ class EpisodeStore:
         self.episodes_path = own_dir / EPISODES_FILE
         # Unsharded, temporary files sit in images/ (the only writer); a shard keeps its own.
         self._tmp_dir = self.images_dir if episodes_dir is None else own_dir
+        if image_format not in IMAGE_FORMATS:
+            raise ValueError(
+                f"image_format must be one of {sorted(IMAGE_FORMATS)}, got {image_format!r}"
+            )
+        self.image_format = image_format
+        self._suffix, self._save_kwargs = IMAGE_FORMATS[image_format]
+        if image_format == "png":
+            self._save_kwargs = {**self._save_kwargs, "compress_level": compress_level}
         self.compress_level = compress_level
         for entry in self._tmp_dir.glob(f"{_TMP_PREFIX}*"):
             entry.unlink(missing_ok=True)  # a write interrupted by a kill
+        # Refs of the images on disk or queued (another shard may add more meanwhile: storing
+        # one again writes the same bytes by an atomic rename).
         self._known: set[str] = {
-            entry.stem
-            for entry in self.images_dir.glob("*.png")
+            entry.name
+            for entry in self.images_dir.glob(f"*{self._suffix}")
             if not entry.name.startswith(_TMP_PREFIX)
         }
+        # id(image) -> (weak reference, ref): an image object put again is not hashed again.
+        self._refs_by_object: dict[int, tuple[weakref.ref, str]] = {}
         self._pending: dict[str, Future[None]] = {}
         self._max_pending = max(1, int(max_pending_images))
         self._pool = ThreadPoolExecutor(image_workers) if image_workers > 0 else None
@@ -233,23 +297,38 @@ class EpisodeStore:
         self.images_written = 0
         self.image_bytes_written = 0
         self.lines_written = 0
+        self.scan_report = ""  # what the last `done_keys` pass skipped
+        self.bad_lines: list[int] = []  # unparseable line numbers it found
+        self.skip_lines: list[int] = []  # those and the lines of keys stored twice
 
     # -- images ---------------------------------------------------------------------------
 
     def put_image(self, image: Image.Image) -> str:
-        """Store an image (once per distinct content) and return its hash reference."""
-        sha = image_sha(image)
-        if sha in self._known:
-            return sha
-        self._known.add(sha)
+        """Store an image (once per distinct content) and return its reference, "<sha>.jpg".
+
+        The same image object put again returns its reference without hashing it again, so
+        images must not be drawn on after they are put (task images never are).
+        """
+        seen = self._refs_by_object.get(id(image))
+        if seen is not None and seen[0]() is image:
+            return seen[1]
+        ref = image_sha(image) + self._suffix
+        key = id(image)
+        self._refs_by_object[key] = (
+            weakref.ref(image, lambda _, key=key: self._refs_by_object.pop(key, None)),
+            ref,
+        )
+        if ref in self._known:
+            return ref
+        self._known.add(ref)
         if self._pool is None:
-            self._write_image(sha, image)
+            self._write_image(ref, image)
         else:
             if len(self._pending) >= self._max_pending:
                 self._drain(self._max_pending // 2)
             # Encode a private copy: the caller may draw on the same object later.
-            self._pending[sha] = self._pool.submit(self._write_image, sha, image.copy())
-        return sha
+            self._pending[ref] = self._pool.submit(self._write_image, ref, image.copy())
+        return ref
 
     def _drain(self, keep: int) -> None:
         """Drop finished writes and wait for the oldest until at most `keep` are pending."""
@@ -259,10 +338,12 @@ class EpisodeStore:
             sha = next(iter(self._pending))
             self._pending.pop(sha).result()
 
-    def _write_image(self, sha: str, image: Image.Image) -> None:
-        final = self.images_dir / f"{sha}.png"
-        tmp = self._tmp_dir / f"{_TMP_PREFIX}{sha}-{os.getpid()}.png"
-        image.save(tmp, format="PNG", compress_level=self.compress_level)
+    def _write_image(self, ref: str, image: Image.Image) -> None:
+        final = self.images_dir / ref
+        tmp = self._tmp_dir / f"{_TMP_PREFIX}{os.getpid()}-{ref}"
+        if self.image_format == "jpeg" and image.mode not in ("RGB", "L"):
+            image = image.convert("RGB")
+        image.save(tmp, **self._save_kwargs)
         size = tmp.stat().st_size
         os.replace(tmp, final)
         self.images_written += 1
@@ -299,9 +380,35 @@ class EpisodeStore:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(self.read().episodes)
 
-    def done_keys(self) -> set[tuple[str, int]]:
-        """The (task id, sample index) of every stored episode, for `--resume`."""
-        return {episode_key(r) for r in self.read().episodes}
+    def done_keys(
+        self, on_record: Callable[[dict[str, Any]], None] | None = None
+    ) -> set[tuple[str, int]]:
+        """The (task id, sample index) of every stored episode, for `--resume`.
+
+        One streaming pass: `on_record` sees each stored record as it is read, each key once (a
+        summary can be built in the same pass); `scan_report` says what was skipped and
+        `skip_lines` holds the numbers of the lines left out (unparseable, or a key stored
+        twice), for the run page.
+        """
+        self._file.flush()
+        reader = EpisodeReader(self.episodes_path)
+        keys: set[tuple[str, int]] = set()
+        twice: list[int] = []
+        for number, record in reader.numbered():
+            key = episode_key(record)
+            if key in keys:
+                twice.append(number)
+                continue
+            keys.add(key)
+            if on_record is not None:
+                on_record(record)
+        notes = [reader.report()] if reader.report() else []
+        if twice:
+            notes.append(f"ignored {len(twice)} episode(s) stored twice")
+        self.scan_report = "; ".join(notes)
+        self.bad_lines = list(reader.bad_lines)
+        self.skip_lines = sorted([*reader.bad_lines, *twice])
+        return keys
 
     def _repair_torn_tail(self) -> int:
         """Cut a torn last line off the file so new lines start on a line of their own."""
@@ -352,6 +459,8 @@ class EpisodeStore:
     def disk_usage(self) -> dict[str, int]:
         """Bytes on disk: the episodes file and the image directory."""
         self._file.flush()
-        images = sum(p.stat().st_size for p in self.images_dir.glob("*.png"))
+        images = sum(
+            p.stat().st_size for p in self.images_dir.iterdir() if not p.name.startswith(".")
+        )
         lines = self.episodes_path.stat().st_size if self.episodes_path.exists() else 0
         return {"episodes_bytes": lines, "image_bytes": images, "images": len(self._known)}

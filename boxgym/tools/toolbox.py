@@ -43,6 +43,7 @@ from boxgym.tools.frames import (
     frame_to_pixels,
     pixels_to_frame,
 )
+from boxgym.tools.recipes import with_recipe
 
 TOOL_NAMES: tuple[str, ...] = ("draw_box", "crop", "label", "remove_box", "answer")
 DRAW_BOX_RETURNS: tuple[str, ...] = ("image", "crop", "both", "text")
@@ -195,8 +196,11 @@ class Toolbox:
         self._views = []
         for array, (w, h) in zip(self._originals, self._sizes):
             size = fit_to_patch_grid(w, h, self._min_image_pixels, self._max_image_pixels)
-            self._views.append(Image.fromarray(resize_array(array, size)))
+            view = Image.fromarray(resize_array(array, size))
+            self._views.append(with_recipe(view, len(self._views), (w, h), None, []))
         self._marked = [view.copy() for view in self._views]
+        for marked in self._marked:
+            marked.info.clear()  # drawn on: its recipe is made when it is shown
         self._boxes = {}
         self._box_json = {}
         self._drawings = {}
@@ -382,9 +386,23 @@ class Toolbox:
             x2 - x1, y2 - y1, self._crop_min_side, self._crop_max_pixels, self._min_image_pixels
         )
         image = Image.fromarray(crop_array(self._originals[index], (x1, y1, x2, y2), size))
-        if show_boxes:
-            sx, sy = size[0] / (x2 - x1), size[1] / (y2 - y1)
-            marks = [
+        shown = (
+            [
+                b
+                for b in self._boxes.values()
+                if b.image == index
+                and b.pixels[0] < x2
+                and b.pixels[2] > x1
+                and b.pixels[1] < y2
+                and b.pixels[3] > y1
+            ]
+            if show_boxes
+            else []
+        )
+        sx, sy = size[0] / (x2 - x1), size[1] / (y2 - y1)
+        draw_marks(
+            image,
+            [
                 Mark(
                     b.box_id,
                     b.label,
@@ -395,19 +413,18 @@ class Toolbox:
                         (b.pixels[3] - y1) * sy,
                     ),
                 )
-                for b in self._boxes.values()
-                if b.image == index
-                and b.pixels[0] < x2
-                and b.pixels[2] > x1
-                and b.pixels[1] < y2
-                and b.pixels[3] > y1
-            ]
-            draw_marks(image, marks)
+                for b in shown
+            ],
+        )
+        boxes = [[b.box_id, b.label, *b.pixels] for b in shown]
+        with_recipe(image, index, self._sizes[index], (x1, y1, x2, y2), boxes)
         return image
 
     def _show_marked(self, index: int) -> dict[str, Any]:
         self._tool_images += 1
-        return _image(self._marked[index].copy())
+        boxes = [[b.box_id, b.label, *b.pixels] for b in self._boxes.values() if b.image == index]
+        image = self._marked[index].copy()
+        return _image(with_recipe(image, index, self._sizes[index], None, boxes))
 
     def _box_summary(self) -> str:
         n = len(self._boxes)

@@ -139,16 +139,17 @@ def test_episodes_verb_is_deterministic_and_dedups_images(tmp_path, capsys) -> N
     # Each task image is shared by its two samples and stored once.
     refs = {sha for r in a for sha in r["task"]["images"]}
     assert len(refs) == 6
-    files = list((tmp_path / "a" / "images").glob("*.png"))
-    all_refs = {
-        b["image"]
+    files = {p.name for p in (tmp_path / "a" / "images").iterdir()}
+    blocks = [
+        b
         for r in a
-        for t in r["turns"]
-        for m in t["tool_results"]
+        for m in [*r["prompt"], *(m for t in r["turns"] for m in t["tool_results"])]
         for b in m["content"]
         if b["type"] == "image"
-    }
-    assert len(files) == len(refs | all_refs)
+    ]
+    # Views and tool images are recipes over the task images: only those are files.
+    assert blocks and all("recipe" in b and b["image"] in refs for b in blocks)
+    assert files == refs
     for name in ("summary.json", "index.html", "run.json", "timing.json"):
         assert (tmp_path / "a" / name).exists()
     assert "page:" in capsys.readouterr().out

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from boxgym.rollouts.store import EpisodeStore, image_sha, read_episodes
+from boxgym.rollouts.store import EpisodeStore, image_relpath, image_sha, read_episodes
 
 
 def record(task_id: str, sample: int, **extra) -> dict:
@@ -61,25 +61,48 @@ def test_whole_file_torn_and_bad_middle_line(tmp_path) -> None:
     assert read_episodes(tmp_path / "missing.jsonl").episodes == []
 
 
-def test_images_stored_once_by_content(tmp_path) -> None:
-    with EpisodeStore(tmp_path) as store:
+@pytest.mark.parametrize("image_format", ["png", "jpeg"])
+def test_images_stored_once_by_content(tmp_path, image_format) -> None:
+    with EpisodeStore(tmp_path, image_format=image_format) as store:
         a = noise_image(0)
-        sha1 = store.put_image(a)
-        sha2 = store.put_image(a.copy())
-        sha3 = store.put_image(noise_image(1))
+        ref1 = store.put_image(a)
+        ref2 = store.put_image(a.copy())
+        ref3 = store.put_image(noise_image(1))
         store.flush_images()
-        assert sha1 == sha2 != sha3
+        assert ref1 == ref2 != ref3
+        assert ref1 == image_sha(a) + (".png" if image_format == "png" else ".jpg")
         assert store.images_written == 2
     files = sorted(p.name for p in (tmp_path / "images").iterdir())
-    assert files == sorted([f"{sha1}.png", f"{sha3}.png"])
-    assert np.array_equal(
-        np.asarray(Image.open(tmp_path / "images" / f"{sha1}.png")), np.asarray(a)
-    )
+    assert files == sorted([ref1, ref3])
+    stored = np.asarray(Image.open(tmp_path / image_relpath(ref1))).astype(int)
+    if image_format == "png":
+        assert np.array_equal(stored, np.asarray(a))
+    else:  # lossy, but the same picture
+        assert stored.shape == np.asarray(a).shape
     # A second session knows the images already on disk.
-    with EpisodeStore(tmp_path) as store:
+    with EpisodeStore(tmp_path, image_format=image_format) as store:
         store.put_image(a)
         store.flush_images()
         assert store.images_written == 0
+
+
+def test_an_image_object_put_again_is_not_hashed_again(tmp_path, monkeypatch) -> None:
+    import boxgym.rollouts.store as store_module
+
+    hashed = []
+    real = store_module.image_sha
+    monkeypatch.setattr(store_module, "image_sha", lambda im: hashed.append(1) or real(im))
+    with EpisodeStore(tmp_path) as store:
+        a = noise_image(0)
+        assert store.put_image(a) == store.put_image(a) == store.put_image(a)
+        assert len(hashed) == 1
+        store.put_image(a.copy())  # another object: hashed, then found stored
+        assert len(hashed) == 2 and store.images_written <= 1
+
+
+def test_old_runs_refer_to_png_by_bare_sha() -> None:
+    assert image_relpath("abc") == "images/abc.png"
+    assert image_relpath("abc.jpg") == "images/abc.jpg"
 
 
 def test_hash_covers_mode_and_size() -> None:

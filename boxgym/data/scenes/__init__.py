@@ -10,6 +10,7 @@ from boxgym.data.scenes.families import (
     SCENE_FAMILIES,
     make_scene_task,
     resolve_knobs,
+    scene_task_id,
 )
 from boxgym.data.scenes.knobs import PATCH, SceneKnobs, feasibility_problem
 
@@ -22,4 +23,5 @@ __all__ = [
     "feasibility_problem",
     "make_scene_task",
     "resolve_knobs",
+    "scene_task_id",
 ]

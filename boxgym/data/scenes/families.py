@@ -161,6 +161,20 @@ def resolve_knobs(family: str, difficulty: str = "easy", **knobs: Any) -> SceneK
     return validate_knobs(family, {**DIFFICULTIES[family][difficulty], **knobs})
 
 
+def scene_task_id(family: str, seed: int, difficulty: str = "easy", **knobs: Any) -> str:
+    """The id `make_scene_task` gives these arguments, without drawing the scene."""
+    knob_json = resolve_knobs(family, difficulty, **knobs).to_json() if knobs else None
+    return _task_id(family, seed, difficulty, knob_json)
+
+
+def _task_id(family: str, seed: int, difficulty: str, knob_json: dict[str, Any] | None) -> str:
+    task_id = f"{family}-{difficulty}-s{int(seed)}"
+    if knob_json is not None:
+        digest = hashlib.sha1(json.dumps(knob_json, sort_keys=True).encode()).hexdigest()[:8]
+        task_id += f"-k{digest}"
+    return task_id
+
+
 def make_scene_task(family: str, seed: int, difficulty: str = "easy", **knobs: Any) -> Task:
     """A procedural scene as a Task with exact ground truth, deterministic from (seed, knobs).
 
@@ -182,10 +196,7 @@ def make_scene_task(family: str, seed: int, difficulty: str = "easy", **knobs: A
     rng = np.random.default_rng(int(seed))
     draft = SCENE_FAMILIES[family](parsed, rng)
     knob_json = parsed.to_json()
-    task_id = f"{family}-{difficulty}-s{int(seed)}"
-    if knobs:
-        digest = hashlib.sha1(json.dumps(knob_json, sort_keys=True).encode()).hexdigest()[:8]
-        task_id += f"-k{digest}"
+    task_id = _task_id(family, seed, difficulty, knob_json if knobs else None)
     items = [o.label for o in draft.objects]
     return Task(
         id=task_id,

@@ -1,0 +1,73 @@
+"""Image recipes: how each image the `Toolbox` shows is made from the task's original image.
+
+Every image a tool returns (and every working view of a task image) is a deterministic function
+of one original image: resize it (a view) or cut and resize a region (a crop), then draw
+numbered boxes. The Toolbox attaches that recipe to the image it returns, in `image.info`
+under `RECIPE_KEY`, so storage can keep the original once and the recipe instead of encoding
+every tool image, and `render_recipe` rebuilds the exact pixels when they are needed:
+
+    {"source": 0,                      # index of the task image it is made from
+     "source_size": [w, h],            # that original's size
+     "region": [x1, y1, x2, y2] | None,  # the crop in original pixels; None: the whole image
+     "size": [w, h],                   # the size shown to the model
+     "boxes": [[id, label, x1, y1, x2, y2], ...]}  # the marks drawn, in original pixels
+
+A recipe is JSON data; `image.info` travels with `Image.copy()` and is ignored by every
+processor and encoder the project uses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PIL import Image
+
+from boxgym.tools.canvas import Mark, crop_array, draw_marks, resize_array, to_rgb_array
+
+RECIPE_KEY = "boxgym_recipe"
+
+
+def image_recipe(image: Any) -> dict[str, Any] | None:
+    """The recipe attached to a PIL image by the Toolbox, or None."""
+    info = getattr(image, "info", None)
+    recipe = info.get(RECIPE_KEY) if isinstance(info, dict) else None
+    return recipe if isinstance(recipe, dict) else None
+
+
+def with_recipe(
+    image: Image.Image,
+    source: int,
+    source_size: tuple[int, int],
+    region: tuple[float, float, float, float] | None,
+    boxes: list[list[Any]],
+) -> Image.Image:
+    """Attach a recipe to `image` (in place) and return it."""
+    image.info[RECIPE_KEY] = {
+        "source": source,
+        "source_size": list(source_size),
+        "region": None if region is None else list(region),
+        "size": list(image.size),
+        "boxes": boxes,
+    }
+    return image
+
+
+def render_recipe(original: Image.Image, recipe: dict[str, Any]) -> Image.Image:
+    """The image a recipe describes, rebuilt from its original: the Toolbox's exact pixels."""
+    array = to_rgb_array(original)
+    width, height = recipe["size"]
+    region = recipe.get("region")
+    if region is None:
+        image = Image.fromarray(resize_array(array, (width, height)))
+        x1, y1 = 0.0, 0.0
+        sx, sy = width / array.shape[1], height / array.shape[0]
+    else:
+        x1, y1, x2, y2 = region
+        image = Image.fromarray(crop_array(array, (x1, y1, x2, y2), (width, height)))
+        sx, sy = width / (x2 - x1), height / (y2 - y1)
+    marks = [
+        Mark(int(i), str(label), ((a - x1) * sx, (b - y1) * sy, (c - x1) * sx, (d - y1) * sy))
+        for i, label, a, b, c, d in recipe.get("boxes") or []
+    ]
+    draw_marks(image, marks)
+    return image
