@@ -6,7 +6,7 @@ build took to reach 0.9 held-out count accuracy.
     python benchmarks/bench_seeing_build.py --steps 0 --from-build DIR   # only the build's log
 
 The step timing runs the default recipe's model and batches (fresh weights, one torch thread
-unless --threads) for `--steps` steps of the counting stage and of the full stage; the first
+unless --threads) for `--steps` steps of each stage (count, full, tool); the first
 step of each is a warm-up and is not counted. `--from-build` reads `training_log.json` of a
 finished build (its held-out checks, every 100 steps on 128 unseen scenes, greedy first token)
 and reports the first check at or above 0.9 and the average steps per second of the build.
@@ -28,9 +28,9 @@ def time_steps(threads: int, steps: int) -> dict[str, float]:
     from boxgym.testing.seeing_model import (
         Batcher,
         SeeingRecipe,
-        reply_loss,
         reply_vocabulary,
         seeing_config,
+        step_loss,
         training_examples,
         use_linear_patch_embedding,
     )
@@ -46,12 +46,17 @@ def time_steps(threads: int, steps: int) -> dict[str, float]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     generator = torch.Generator().manual_seed(0)
     out: dict[str, float] = {}
-    for stage, first in (("count", 0), ("full", recipe.count_steps + recipe.full_steps // 2)):
+    stages = (
+        ("count", 0),
+        ("full", recipe.count_steps + recipe.full_steps // 2),
+        ("tool", recipe.tool_start + recipe.tool_steps // 2),
+    )
+    for stage, first in stages:
         seconds = []
         for i in range(steps + 1):
             started = time.perf_counter()
-            batch = batcher(training_examples(recipe, first + i))
-            loss = reply_loss(model, batch, recipe, vocab, generator)
+            examples = training_examples(recipe, first + i)
+            loss = step_loss(model, batcher, examples, recipe, vocab, generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -236,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_seeing_proof(args: argparse.Namespace) -> int:
     """SFT (fixed steps) then GRPO on a seeing model; writes `results.json` and `grpo.png`.
 
+    The checkpoint alone is evaluated first (`results["base"]`), so what SFT adds is shown too.
     `results.json`: `{"sft": {...}, "grpo": {"before": {...}, "after": {...}}, ...}` with each
     held-out metric as `{"mean", "lo", "hi", "n"}`; `--resume` reuses finished stages.
     """
@@ -262,6 +263,12 @@ def run_seeing_proof(args: argparse.Namespace) -> int:
         model, out, args.sft_steps, args.grpo_steps, sft_extra=args.set, grpo_extra=args.grpo_set
     )
     seeds = sp.eval_seeds(args.eval_tasks)
+    if "base" not in results:  # the checkpoint itself, before any of the proof's training
+        base = sp.evaluate_tools(None, model, sft_config.env, seeds, out / "eval_base")
+        results["base"] = sp.compact(base)
+        results["base_rows"] = base["rows"]
+        save()
+        print("the checkpoint alone:", _headline(base), flush=True)
     sft_adapter = out / "sft" / "adapter"
     if not (sft_adapter / "adapter_config.json").is_file() or "sft" not in results:
         started = time.time()

@@ -88,7 +88,7 @@ def evaluate_tools(
         device="cpu",
         dtype="float32",
         temperature=0.0,
-        max_new_tokens=400,
+        max_new_tokens=480,  # the GRPO config's max_completion_length
         batch_size=16,
         seed=0,
     )

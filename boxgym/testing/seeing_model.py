@@ -4,10 +4,21 @@
 `Qwen2VLForConditionalGeneration` from scratch on the skills of `boxgym.testing.seeing_tasks`
 (count, count clutter, ground in Qwen2-VL's format, list labels), fresh scenes every step, and
 saves a checkpoint that loads like any Qwen2-VL (`Qwen2VLForConditionalGeneration.from_pretrained`
-and `AutoProcessor.from_pretrained`). Two stages, one cosine schedule each:
+and `AutoProcessor.from_pretrained`). Three stages, one cosine schedule each:
 
 1. ``count``: counting only (the prototype's distribution and clutter), until counting is learnt;
-2. ``full``: every skill, grounding weighted most, with a curriculum on the number of objects.
+2. ``full``: every skill but ``tool``, grounding weighted most, with a curriculum on the number
+   of objects;
+3. ``tool``: the ``tool`` skill (the env's system turn and tool schemas before the question, the
+   oracle's boxes and answer call as the reply) mixed with the others, at a lower learning rate,
+   so the model still sees with a system turn before its question. The stage starts with a fresh
+   optimiser state, so a recipe that only adds it continues from a built checkpoint of the same
+   recipe without it (found beside the output directory) instead of training again.
+
+A ``tool`` row's prompt is about 1,460 tokens of system turn and schemas, the same for every row,
+then about 90 of image and question: that shared prefix is run once per step without gradient and
+its key/value cache reused by every tool row (`prefix_forward`), which makes a tool row cost
+about what a bare row does (0.43 s instead of 2.4 s for 8 rows).
 
 Design choices that grounding needs (a random-placement box must be located to a fraction of a
 28-px patch, and Qwen2-VL's vision tower has no absolute position embedding, so where an object is
@@ -47,6 +58,9 @@ from boxgym.testing.seeing_tasks import (
     make_example,
     messages_for,
     question_messages,
+    tool_context,
+    tool_env,
+    tools_for,
 )
 
 BUILD_VERSION = "1"
@@ -95,6 +109,16 @@ class SeeingRecipe:
     full_vocab_positions: int = 32
     sampled_negatives: int = 1024
     seed: int = 0
+    # Stage 3 (``tool``): 0 steps leaves it out (and out of the recipe's key)
+    tool_steps: int = 600
+    tool_lr: float = 5e-4
+    tool_mix: tuple[tuple[str, float], ...] = (
+        ("tool", 0.3),
+        ("ground", 0.35),
+        ("count", 0.15),
+        ("count_clutter", 0.05),
+        ("list", 0.15),
+    )
 
     def __post_init__(self) -> None:
         if self.loss_normalization not in ("example", "token"):
@@ -102,13 +126,42 @@ class SeeingRecipe:
                 f"loss_normalization must be 'example' or 'token', got {self.loss_normalization!r}"
             )
 
+    def identity(self) -> dict[str, Any]:
+        """The recipe as recorded in `recipe.json` and hashed into its key; without a tool stage
+        its fields are left out, so recipes from before the stage keep their keys."""
+        data = json.loads(json.dumps(asdict(self)))
+        if self.tool_steps == 0:
+            for name in TOOL_STAGE_FIELDS:
+                data.pop(name)
+        return data
+
+    @classmethod
+    def from_identity(cls, data: dict[str, Any]) -> SeeingRecipe:
+        """The recipe of a `recipe.json` (one written before the tool stage has none)."""
+        data = {k: _as_tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        data.setdefault("tool_steps", 0)
+        return cls(**data)
+
     def key(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True)
+        blob = json.dumps(self.identity(), sort_keys=True)
         return hashlib.sha1(f"v{BUILD_VERSION}:{blob}".encode()).hexdigest()[:10]
 
     @property
-    def total_steps(self) -> int:
+    def tool_start(self) -> int:
+        """The first step of the tool stage."""
         return self.count_steps + self.full_steps
+
+    @property
+    def total_steps(self) -> int:
+        return self.count_steps + self.full_steps + self.tool_steps
+
+    def stage(self, step: int) -> str:
+        if step < self.count_steps:
+            return "count"
+        return "full" if step < self.tool_start else "tool"
+
+
+TOOL_STAGE_FIELDS = ("tool_steps", "tool_lr", "tool_mix")
 
 
 def seeing_config(recipe: SeeingRecipe):
@@ -143,7 +196,9 @@ def skills_for_step(recipe: SeeingRecipe, step: int) -> list[str]:
     """The skills of the rows of a step: the stage's mixture, drawn from the step's seed."""
     import numpy as np
 
-    mix = recipe.count_mix if step < recipe.count_steps else recipe.full_mix
+    mix = {"count": recipe.count_mix, "full": recipe.full_mix, "tool": recipe.tool_mix}[
+        recipe.stage(step)
+    ]
     names = [name for name, _ in mix]
     weights = np.array([w for _, w in mix], dtype=float)
     rng = np.random.default_rng([recipe.seed, step, 7])
@@ -152,7 +207,7 @@ def skills_for_step(recipe: SeeingRecipe, step: int) -> list[str]:
 
 def max_objects_for_step(recipe: SeeingRecipe, step: int) -> int:
     """The curriculum: grounding scenes hold at most 2 objects at the start of the full stage."""
-    if step < recipe.count_steps:
+    if recipe.stage(step) != "full":
         return 5
     into = (step - recipe.count_steps) / max(1, recipe.full_steps * recipe.ground_curriculum)
     return min(5, 2 + int(into * 4))
@@ -189,27 +244,54 @@ class Batcher:
         self.end_id = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.image_id = self.tokenizer.convert_tokens_to_ids("<|image_pad|>")
         self.pad_id = self.tokenizer.pad_token_id
-        self._prompt_cache: dict[str, str] = {}
+        self._prompt_cache: dict[tuple[str, str], str] = {}
+        self._prefix_ids: list[int] | None = None
         digits = [self.tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)]
         self.digit_ids = set(digits)
 
-    def prompt_text(self, question: str) -> str:
-        if question not in self._prompt_cache:
+    def prompt_text(self, question: str, context: str = "bare") -> str:
+        if (question, context) not in self._prompt_cache:
             from PIL import Image
 
             messages = question_messages(Image.new("RGB", (28, 28)), question)
-            self._prompt_cache[question] = self.processor.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True
+            tools = None
+            if context == "tool":
+                system, tools = tool_context()
+                messages = [system, *messages]
+            self._prompt_cache[question, context] = self.processor.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True, tools=tools
             )
-        return self._prompt_cache[question]
+        return self._prompt_cache[question, context]
+
+    def prefix_ids(self) -> list[int]:
+        """The token ids every `tool` prompt starts with: the system turn and the tool schemas."""
+        if self._prefix_ids is None:
+            text = self.prompt_text("?", "tool")
+            head = text[: text.index("<|im_start|>user")]
+            self._prefix_ids = self.tokenizer(head, add_special_tokens=False)["input_ids"]
+        return self._prefix_ids
+
+    def batches(self, examples: list[Example]) -> list[dict[str, Any]]:
+        """The examples as one batch per context (bare rows, then tool rows)."""
+        out = []
+        for context in ("bare", "tool"):
+            group = [e for e in examples if e.context == context]
+            if group:
+                out.append(self(group))
+        return out
 
     def reply_ids(self, reply: str) -> list[int]:
         return self.tokenizer(reply, add_special_tokens=False)["input_ids"] + [self.end_id]
 
     def __call__(self, examples: list[Example]) -> dict[str, Any]:
+        """Model inputs of examples of one context; a tool batch also carries `prefix_ids`, the
+        shared system-turn tokens every row starts with (see `prefix_forward`)."""
         import torch
 
-        prompts = [self.prompt_text(e.question) for e in examples]
+        contexts = {e.context for e in examples}
+        if len(contexts) != 1:
+            raise ValueError(f"one context per batch, got {sorted(contexts)}")
+        prompts = [self.prompt_text(e.question, e.context) for e in examples]
         self.tokenizer.padding_side = "right"
         encoded = self.processor(
             text=prompts, images=[e.image for e in examples], return_tensors="pt", padding=True
@@ -232,7 +314,7 @@ class Batcher:
             label_t[i, : len(r)] = torch.tensor(lab)
             weight_t[i, : len(r)] = torch.tensor(w)
             mask[i, : len(r)] = 1
-        return {
+        batch = {
             "input_ids": input_ids,
             "attention_mask": mask,
             "pixel_values": encoded["pixel_values"],
@@ -241,10 +323,16 @@ class Batcher:
             "labels": label_t,
             "weights": weight_t,
         }
+        if contexts == {"tool"}:
+            prefix = self.prefix_ids()
+            if input_ids[:, : len(prefix)].ne(torch.tensor(prefix)).any():
+                raise ValueError("a tool prompt does not start with the shared system turn")
+            batch["prefix_ids"] = torch.tensor([prefix])
+        return batch
 
     def reply_weights(self, reply: list[int], skill: str) -> list[float]:
         """Loss weight of each reply token: `digit_weight` on a grounding reply's digits."""
-        if skill != "ground" or self.digit_weight == 1.0:
+        if skill not in ("ground", "tool") or self.digit_weight == 1.0:
             return [1.0] * len(reply)
         return [self.digit_weight if t in self.digit_ids else 1.0 for t in reply]
 
@@ -253,28 +341,70 @@ class Batcher:
 # Loss
 
 
+def prefix_forward(model, batch: dict[str, Any]) -> Any:
+    """Last hidden states of a batch whose rows all start with `batch["prefix_ids"]`, for the
+    positions after that prefix.
+
+    The prefix runs once, without gradient, and its key/value cache is repeated over the rows;
+    the rest of each row attends to it as in a full forward pass (the hidden states agree to
+    about 1e-6). The prefix's own representation gets no gradient: only what follows is trained
+    to read it.
+    """
+    import torch
+
+    prefix = batch["prefix_ids"]
+    n_rows, n_prefix = batch["input_ids"].shape[0], prefix.shape[1]
+    positions, _ = model.model.get_rope_index(
+        batch["input_ids"],
+        mm_token_type_ids=batch["mm_token_type_ids"],
+        image_grid_thw=batch["image_grid_thw"],
+        attention_mask=batch["attention_mask"],
+    )
+    with torch.no_grad():
+        cache = model.model(
+            input_ids=prefix, position_ids=positions[:, :1, :n_prefix], use_cache=True
+        ).past_key_values
+    cache.batch_repeat_interleave(n_rows)
+    out = model.model(
+        input_ids=batch["input_ids"][:, n_prefix:],
+        attention_mask=batch["attention_mask"],
+        position_ids=positions[:, :, n_prefix:],
+        past_key_values=cache,
+        pixel_values=batch["pixel_values"],
+        image_grid_thw=batch["image_grid_thw"],
+        mm_token_type_ids=batch["mm_token_type_ids"][:, n_prefix:],
+        use_cache=True,
+    )
+    return out.last_hidden_state
+
+
 def reply_loss(model, batch: dict[str, Any], recipe: SeeingRecipe, vocab: Any, generator) -> Any:
     """Weighted cross-entropy over reply tokens, the LM head applied only at those positions.
 
     Each position's softmax runs over `vocab` (every token any reply uses) plus
     `recipe.sampled_negatives` random tokens; `recipe.full_vocab_positions` random positions
-    also get the exact full-vocabulary loss.
+    also get the exact full-vocabulary loss. A batch with `prefix_ids` runs its shared prefix
+    once (`prefix_forward`).
     """
     import torch
     import torch.nn.functional as F
 
-    out = model.model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        pixel_values=batch["pixel_values"],
-        image_grid_thw=batch["image_grid_thw"],
-        mm_token_type_ids=batch["mm_token_type_ids"],
-        use_cache=False,
-    )
-    hidden = out.last_hidden_state
-    # the hidden state at position t predicts token t + 1
-    targets = batch["labels"][:, 1:]
-    weights = batch["weights"][:, 1:]
+    skip = 0
+    if "prefix_ids" in batch:
+        hidden = prefix_forward(model, batch)
+        skip = batch["prefix_ids"].shape[1]
+    else:
+        hidden = model.model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            pixel_values=batch["pixel_values"],
+            image_grid_thw=batch["image_grid_thw"],
+            mm_token_type_ids=batch["mm_token_type_ids"],
+            use_cache=False,
+        ).last_hidden_state
+    # the hidden state at position t predicts token t + 1 (replies never start in the prefix)
+    targets = batch["labels"][:, skip + 1 :]
+    weights = batch["weights"][:, skip + 1 :]
     where = targets != -100
     h = hidden[:, :-1][where]  # [P, d]
     y = targets[where]
@@ -300,6 +430,17 @@ def reply_loss(model, batch: dict[str, Any], recipe: SeeingRecipe, vocab: Any, g
     return loss
 
 
+def step_loss(
+    model, batcher: Batcher, examples: list[Example], recipe: SeeingRecipe, vocab: Any, generator
+) -> Any:
+    """The loss of one training step: `reply_loss` per context (bare rows, tool rows), averaged
+    over rows."""
+    return sum(
+        reply_loss(model, batch, recipe, vocab, generator) * batch["input_ids"].shape[0]
+        for batch in batcher.batches(examples)
+    ) / len(examples)
+
+
 # ---------------------------------------------------------------------------------------------
 # Evaluation
 
@@ -310,7 +451,9 @@ def generate_replies(model, processor, examples: list[Example], max_new_tokens: 
 
     tokenizer = processor.tokenizer
     prompts = [
-        processor.apply_chat_template(messages_for(e), tokenize=False, add_generation_prompt=True)
+        processor.apply_chat_template(
+            messages_for(e), tokenize=False, add_generation_prompt=True, tools=tools_for(e)
+        )
         for e in examples
     ]
     tokenizer.padding_side = "left"
@@ -337,13 +480,42 @@ def evaluate(
     examples = [make_example(skill, s) for s in seeds]
     if bare:
         examples = [replace(e, question=strip_answer_hint(e.question)) for e in examples]
-    max_new = 12 if skill.startswith("count") else (40 if skill == "list" else 160)
+    max_new = {"list": 40, "ground": 160, "tool": 240}.get(skill, 12)
     replies: list[str] = []
     model.eval()
     for i in range(0, len(examples), batch_size):
         replies += generate_replies(model, processor, examples[i : i + batch_size], max_new)
     model.train()
+    if skill == "tool":
+        return score_tool_replies(examples, replies)
     return score_replies(skill, examples, replies)
+
+
+def score_tool_replies(examples: list[Example], replies: list[str]) -> dict[str, Any]:
+    """A `tool` reply played as the first turn of its episode in the env: the env's count
+    accuracy, grounding F1, valid-call rate and reward (the episode ends there: a reply that
+    did not answer counts as wrong)."""
+    from boxgym.rollouts.metrics import bootstrap_mean_ci
+
+    env = tool_env()
+    names = {  # our name: the env's metric
+        "count_accuracy": "count_correct",
+        "enumeration_f1": "enumeration_f1",
+        "grounding_f1": "grounding_f1",
+        "valid_call_rate": "valid_call_rate",
+        "answered": "answered",
+    }
+    values: dict[str, list[float]] = {name: [] for name in (*names, "reward")}
+    for example, reply in zip(examples, replies):
+        env.reset(seed=example.seed, options={"task": example.task})
+        _, reward, _, _, info = env.step(reply)
+        metrics = info.get("metrics", {})
+        for name, metric in names.items():
+            values[name].append(float(metrics.get(metric) or 0.0))
+        values["reward"].append(float(reward))
+    out = {name: bootstrap_mean_ci(v, seed=0) for name, v in values.items()}
+    out["examples"] = [{"reply": r, "truth": e.reply} for e, r in list(zip(examples, replies))[:3]]
+    return out
 
 
 def quick_count_accuracy(model, batcher: Batcher, seeds: list[int]) -> float:
@@ -381,25 +553,25 @@ class Progress:
     losses: list[tuple[int, float]] = field(default_factory=list)
     checks: list[tuple[int, float, float]] = field(default_factory=list)  # step, minutes, acc
     ground_checks: list[tuple[int, float, float]] = field(default_factory=list)  # ..., F1
+    # step, minutes, tool-use count accuracy, tool-use grounding F1
+    tool_checks: list[tuple[int, float, float, float]] = field(default_factory=list)
     count_stage_minutes: float | None = None
 
 
 def lr_at(recipe: SeeingRecipe, step: int) -> float:
-    """Warm-up then cosine decay, restarted at the start of each stage."""
-    start, length = (
-        (0, recipe.count_steps)
-        if step < recipe.count_steps
-        else (
-            recipe.count_steps,
-            recipe.full_steps,
-        )
-    )
+    """Warm-up then cosine decay, restarted at the start of each stage (the tool stage peaks at
+    `tool_lr`)."""
+    start, length, peak = {
+        "count": (0, recipe.count_steps, recipe.lr),
+        "full": (recipe.count_steps, recipe.full_steps, recipe.lr),
+        "tool": (recipe.tool_start, recipe.tool_steps, recipe.tool_lr),
+    }[recipe.stage(step)]
     t = step - start
     if t < recipe.warmup_steps:
-        return recipe.lr * (t + 1) / recipe.warmup_steps
+        return peak * (t + 1) / recipe.warmup_steps
     frac = (t - recipe.warmup_steps) / max(1, length - recipe.warmup_steps)
     floor = recipe.min_lr_ratio
-    return recipe.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
 
 def reply_vocabulary(batcher: Batcher):
@@ -477,9 +649,10 @@ def build_seeing_model(
         fused=True,
     )
     prog = Progress()
+    base = built_base(out, recipe)
     if state_file.is_file():
         saved = torch.load(state_file, weights_only=False)
-        if saved["recipe"] != asdict(recipe):
+        if saved["recipe"] != recipe.identity():
             raise FileExistsError(
                 f"{partial} holds a build of another recipe; delete it or use another --out"
             )
@@ -487,7 +660,12 @@ def build_seeing_model(
         optimizer.load_state_dict(saved["optimizer"])
         prog = Progress(**saved["progress"])
         log(f"resuming the seeing-model build at step {prog.step}/{recipe.total_steps}")
-    (partial / "recipe.json").write_text(json.dumps(asdict(recipe), indent=1))
+    elif base is not None:
+        # through from_pretrained: the saved names are Qwen2-VL's checkpoint names, not ours
+        model.load_state_dict(Qwen2VLForConditionalGeneration.from_pretrained(base).state_dict())
+        prog = Progress(**json.loads((base / "training_log.json").read_text()))
+        log(f"continuing the built {base.name} (step {prog.step}) with the tool stage")
+    (partial / "recipe.json").write_text(json.dumps(recipe.identity(), indent=1))
 
     check_seeds = list(range(check_scenes))  # held out: below EVAL_SEEDS_END
     generator = torch.Generator().manual_seed(recipe.seed * 1000 + prog.step)
@@ -507,7 +685,7 @@ def build_seeing_model(
         tmp = partial / "state.pt.tmp"
         torch.save(
             {
-                "recipe": asdict(recipe),
+                "recipe": recipe.identity(),
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "progress": asdict(prog),
@@ -518,12 +696,17 @@ def build_seeing_model(
 
     acc = prog.checks[-1][2] if prog.checks else float("nan")
     ground = prog.ground_checks[-1][2] if prog.ground_checks else float("nan")
+    tool_count = tool_f1 = float("nan")  # the last held-out check in the env's context
     while prog.step < recipe.total_steps:
         step = prog.step
+        if step == recipe.tool_start:
+            # the tool stage starts afresh (so it can start from a built checkpoint): no
+            # optimiser moments carried over, the loss's sampling reseeded
+            optimizer.state.clear()
+            generator.manual_seed(recipe.seed * 1000 + step)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(recipe, step)
-        batch = batcher(training_examples(recipe, step))
-        loss = reply_loss(model, batch, recipe, vocab, generator)
+        loss = step_loss(model, batcher, training_examples(recipe, step), recipe, vocab, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -541,10 +724,20 @@ def build_seeing_model(
             got = evaluate(model, processor, "ground", check_seeds[:32])
             ground = got["f1"]["mean"]
             prog.ground_checks.append((prog.step, round((time.time() - started) / 60, 2), ground))
-            log(f"step {prog.step}: held-out grounding F1 {ground:.3f}, count acc {acc:.3f}")
-        stage = "count" if prog.step <= recipe.count_steps else "full"
+            if recipe.stage(step) == "tool":
+                got = evaluate(model, processor, "tool", check_seeds[:32])
+                tool_count = got["count_accuracy"]["mean"]
+                tool_f1 = got["grounding_f1"]["mean"]
+                minutes = round((time.time() - started) / 60, 2)
+                prog.tool_checks.append((prog.step, minutes, tool_count, tool_f1))
+            log(
+                f"step {prog.step}: held-out grounding F1 {ground:.3f}, count acc {acc:.3f}"
+                + ("" if math.isnan(tool_f1) else f", in the env: count acc {tool_count:.3f}")
+            )
+        stage = recipe.stage(step)
         bar.set_postfix_str(
             f"{stage} loss {loss_value:.3f} held-out count acc {acc:.2f} ground F1 {ground:.2f}"
+            + ("" if math.isnan(tool_count) else f" env count acc {tool_count:.2f}")
         )
         bar.update(1)
         if prog.step % save_every == 0 or prog.step == recipe.count_steps:
@@ -560,7 +753,7 @@ def build_seeing_model(
     results["minutes"] = train_minutes
     save_checkpoint(model, processor, partial / "checkpoint")
     staging = partial / "checkpoint"
-    (staging / "recipe.json").write_text(json.dumps(asdict(recipe), indent=1))
+    (staging / "recipe.json").write_text(json.dumps(recipe.identity(), indent=1))
     (staging / "results.json").write_text(json.dumps(results, indent=1))
     (staging / "training_log.json").write_text(json.dumps(asdict(prog)))
     if out.exists():
@@ -618,6 +811,9 @@ def final_results(
         "checks": prog.checks,
         "ground_checks": prog.ground_checks,
     }
+    if recipe.tool_steps:
+        results["tool"] = evaluate(model, processor, "tool", ground_seeds[:100], batch_size=25)
+        results["tool_checks"] = prog.tool_checks
     return results
 
 
@@ -631,10 +827,7 @@ def rescore(path: str | os.PathLike[str], eval_scenes: int = 500, ground_scenes:
     from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
 
     path = Path(path)
-    recipe_data = json.loads((path / "recipe.json").read_text())
-    recipe = SeeingRecipe(
-        **{k: _as_tuple(v) if isinstance(v, list) else v for k, v in recipe_data.items()}
-    )
+    recipe = SeeingRecipe.from_identity(json.loads((path / "recipe.json").read_text()))
     old = json.loads((path / "results.json").read_text())
     prog = Progress(**json.loads((path / "training_log.json").read_text()))
     model = Qwen2VLForConditionalGeneration.from_pretrained(path)
@@ -654,9 +847,20 @@ def is_built(out: Path, recipe: SeeingRecipe) -> bool:
     if not (recipe_file.is_file() and (out / "results.json").is_file()):
         return False
     try:
-        return json.loads(recipe_file.read_text()) == json.loads(json.dumps(asdict(recipe)))
+        return json.loads(recipe_file.read_text()) == recipe.identity()
     except (OSError, ValueError):
         return False
+
+
+def built_base(out: Path, recipe: SeeingRecipe) -> Path | None:
+    """A finished build of `recipe` without its tool stage, beside `out` (the same cache
+    folder), to continue from; None when the recipe has no tool stage or there is none."""
+    if not recipe.tool_steps:
+        return None
+    base = replace(recipe, tool_steps=0)
+    path = out.with_name(f"seeing-qwen2-vl-{base.key()}")
+    ok = is_built(path, base) and (path / "training_log.json").is_file()
+    return path if ok else None
 
 
 def seeing_model_path() -> Path:
@@ -712,9 +916,17 @@ def summary_line(results: dict[str, Any]) -> str:
             f" (labels agreeing too: {g['labelled_precision']['mean']:.3f} / "
             f"{g['labelled_recall']['mean']:.3f})"
         )
+    tool = ""
+    if "tool" in results:
+        t = results["tool"]
+        tool = (
+            f"; with the env's system turn and tools: count accuracy "
+            f"{t['count_accuracy']['mean']:.3f}, grounding F1 {t['grounding_f1']['mean']:.3f}"
+        )
     return (
         f"count accuracy {c['accuracy']['mean']:.3f} [{c['accuracy']['lo']:.3f}, "
         f"{c['accuracy']['hi']:.3f}] (majority {c['majority_baseline']:.3f}); boxes at IoU>=0.5: "
         f"precision {g['precision']['mean']:.3f} recall {g['recall']['mean']:.3f}{labelled}; "
-        f"listing F1 {lst['f1']['mean']:.3f}; {results['steps']} steps, {results['minutes']} min"
+        f"listing F1 {lst['f1']['mean']:.3f}{tool}; {results['steps']} steps, "
+        f"{results['minutes']} min"
     )

@@ -1,7 +1,7 @@
 """What the seeing tiny Qwen2-VL is trained on: procedural scenes asked in plain text.
 
 Every example is a function of `(skill, seed)`: a procedural scene from `boxgym.data.scenes`, a
-question, and the exact reply the model should give. Four skills:
+question, and the exact reply the model should give. Five skills:
 
 - ``count``: the prototype's distribution. `shapes`, 224x224, 1-5 objects of 2-3 patches, no
   distractors, any grid placement (aligned, straddling or random, a third each), asked
@@ -15,6 +15,12 @@ question, and the exact reply the model should give. Four skills:
 - ``list``: `shapes` scenes with 1-3 targets and 1-3 other shapes, asked
   "List the shapes. Answer with their names separated by commas."; reply the labels of every
   shape (targets and distractors) in reading order, e.g. "red triangle, blue circle".
+- ``tool``: the `count` scenes as a boxgym episode: the env's system turn and tool schemas
+  (`TOOL_ENV`, the learning proof's env), the env's question ("How many green rectangles are
+  there? List them."), and the oracle's first reply: every object boxed in Qwen2-VL's grounding
+  format, then an ``answer`` tool call with the count and the items. The other skills see no
+  system turn; without this one the model's grounding falls to zero as soon as one precedes
+  the question (studies/seeing_context_shift.py).
 
 Seeds below `EVAL_SEEDS_END` are held out: training draws its seeds at or above it, so training
 and evaluation scenes are disjoint by construction.
@@ -28,7 +34,7 @@ from typing import Any
 from boxgym.data.scenes.families import make_scene_task
 from boxgym.data.task import Task
 
-SKILLS: tuple[str, ...] = ("count", "count_clutter", "ground", "list")
+SKILLS: tuple[str, ...] = ("count", "count_clutter", "ground", "list", "tool")
 EVAL_SEEDS_END = 1_000_000  # seeds [0, EVAL_SEEDS_END) are never trained on
 GRIDS: tuple[str, ...] = ("aligned", "straddling", "random")
 IMAGE_SIZE = 224
@@ -36,6 +42,17 @@ IMAGE_SIZE = 224
 COUNT_QUESTION = "How many shapes are there? Answer with a number."
 GROUND_QUESTION = "Find every shape. Answer with one box per shape."
 LIST_QUESTION = "List the shapes. Answer with their names separated by commas."
+
+# The env of the `tool` skill and of the seeing learning proof (configs/proof_*_seeing.yaml):
+# draw_box answers in text, so one reply boxes every object and answers.
+TOOL_ENV: dict[str, Any] = {
+    "draw_box_returns": "text",
+    "max_turns": 2,
+    "max_calls_per_turn": 14,
+    "max_calls": 28,
+    "max_image_pixels": 50176,
+    "crop_max_pixels": 50176,
+}
 
 
 @dataclass(frozen=True)
@@ -47,6 +64,8 @@ class Example:
     task: Task
     question: str
     reply: str
+    # "bare": one user turn; "tool": the env's system turn (with its tool schemas) before it
+    context: str = "bare"
 
     @property
     def image(self):
@@ -64,7 +83,7 @@ def scene_knobs(skill: str, seed: int, max_count: int = 5) -> tuple[str, dict[st
         background_noise=0.0,
         overlap=0.0,
     )
-    if skill in ("count", "ground"):
+    if skill in ("count", "ground", "tool"):
         return "shapes", dict(common, count=(1, max_count), distractors=(0, 0))
     if skill == "count_clutter":
         return "clutter", dict(common, count=(1, max_count), distractors=(0, 0))
@@ -107,6 +126,9 @@ def make_example(skill: str, seed: int, max_count: int = 5) -> Example:
         kind = task.meta.get("kind") or task.objects[0].label
         question = f"How many {plural(kind)} are there? Answer with a number."
         return Example(skill, seed, task, question, str(task.count))
+    if skill == "tool":
+        question, reply = oracle_turn(task, seed)
+        return Example(skill, seed, task, question, reply, context="tool")
     if skill == "ground":
         lines = [
             grounding_text(o.label, qwen_box(o.box, task.images[0].size)) for o in task.objects
@@ -123,9 +145,52 @@ def plural(noun: str) -> str:
     return noun + "s"
 
 
+_TOOL_ENV = None
+
+
+def tool_env():
+    """The `BoxGymEnv` of the `tool` skill (one per process; reset for every example)."""
+    global _TOOL_ENV
+    if _TOOL_ENV is None:
+        from boxgym.env import BoxGymEnv, EnvConfig
+
+        _TOOL_ENV = BoxGymEnv(config=EnvConfig(**TOOL_ENV))
+    return _TOOL_ENV
+
+
+def oracle_turn(task: Task, seed: int) -> tuple[str, str]:
+    """The env's question of `task` and the oracle's first reply (grounding format + answer)."""
+    from boxgym.policies.scripted import OraclePolicy, SeededTask
+
+    env = tool_env()
+    messages, _ = env.reset(seed=seed, options={"task": task})
+    question = next(c["text"] for c in messages[-1]["content"] if c["type"] == "text")
+    oracle = OraclePolicy(call_format="grounding", calls_per_turn=TOOL_ENV["max_calls_per_turn"])
+    reply = oracle.act([list(messages)], env.tool_schemas, [SeededTask(task, seed)])[0]
+    return question, reply
+
+
+def tool_context() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The env's system message and tool schemas (the same for every task)."""
+    env = tool_env()
+    if env.messages and env.messages[0]["role"] == "system":
+        return env.messages[0], env.tool_schemas
+    messages, _ = env.reset(options={"task": make_example("count", 0).task})
+    return messages[0], env.tool_schemas
+
+
 def messages_for(example: Example) -> list[dict[str, Any]]:
-    """The user turn of an example in the transformers multimodal chat format."""
-    return question_messages(example.image, example.question)
+    """The prompt of an example in the transformers multimodal chat format (with the env's
+    system turn in the `tool` context; its tools come from `tools_for`)."""
+    messages = question_messages(example.image, example.question)
+    if example.context == "tool":
+        return [tool_context()[0], *messages]
+    return messages
+
+
+def tools_for(example: Example) -> list[dict[str, Any]] | None:
+    """The tool schemas `apply_chat_template` needs for an example (None without tools)."""
+    return tool_context()[1] if example.context == "tool" else None
 
 
 def question_messages(image, question: str) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -34,6 +35,7 @@ SMALL = replace(
     batch_size=4,
     warmup_steps=2,
     lr=3e-3,
+    tool_steps=0,
 )
 BUILD_KW = dict(
     threads=1,
@@ -49,7 +51,8 @@ BUILD_KW = dict(
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    out = tmp_path_factory.mktemp("seeing") / "model"
+    # named as the cache names it, so a recipe adding the tool stage finds it beside itself
+    out = tmp_path_factory.mktemp("seeing") / f"seeing-qwen2-vl-{SMALL.key()}"
     started = time.time()
     build_seeing_model(out, SMALL, **BUILD_KW)
     return out, time.time() - started
@@ -65,7 +68,10 @@ def test_the_count_stage_only_counts_and_the_curriculum_grows():
     recipe = SeeingRecipe()
     assert set(skills_for_step(recipe, 0)) <= {"count", "count_clutter"}
     full = set().union(*(skills_for_step(recipe, recipe.count_steps + i) for i in range(20)))
-    assert full == set(SKILLS)
+    assert full == set(SKILLS) - {"tool"}
+    tool = set().union(*(skills_for_step(recipe, recipe.tool_start + i) for i in range(20)))
+    assert tool == set(SKILLS)
+    assert lr_at(recipe, recipe.tool_start + recipe.warmup_steps) == pytest.approx(recipe.tool_lr)
     assert max_objects_for_step(recipe, recipe.count_steps) == 2
     assert max_objects_for_step(recipe, recipe.total_steps - 1) == 5
     # warm-up then decay, restarted per stage
@@ -206,3 +212,77 @@ def test_scoring_reads_counts_boxes_and_lists():
     counts = [make_example("count", s) for s in range(4)]
     scored = score_replies("count", counts, [str(e.task.count) for e in counts])
     assert scored["accuracy"]["mean"] == 1.0
+
+
+def test_a_recipe_without_the_tool_stage_keeps_its_published_key():
+    base = replace(SeeingRecipe(), tool_steps=0)
+    assert base.key() == "2ad9b9ec52"  # the checkpoint docs/models.md describes
+    assert "tool_mix" not in base.identity()
+    assert SeeingRecipe.from_identity(base.identity()) == base
+    assert SeeingRecipe.from_identity(SeeingRecipe().identity()) == SeeingRecipe()
+    assert SeeingRecipe().key() != base.key()
+
+
+def test_tool_examples_are_the_oracles_first_turn_in_the_env():
+    from boxgym.testing.seeing_model import score_tool_replies
+
+    example = make_example("tool", 7)
+    assert example.context == "tool"
+    assert example.question.startswith("How many") and "<tool_call>" in example.reply
+    perfect = score_tool_replies([example], [example.reply])
+    assert perfect["count_accuracy"]["mean"] == perfect["grounding_f1"]["mean"] == 1.0
+    wrong = score_tool_replies([example], ["I think there are three."])
+    assert wrong["count_accuracy"]["mean"] == wrong["valid_call_rate"]["mean"] == 0.0
+
+
+def test_the_proof_configs_use_the_tool_skills_env():
+    import yaml
+
+    from boxgym.testing.seeing_tasks import TOOL_ENV
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    for name in ("proof_sft_seeing.yaml", "proof_grpo_seeing.yaml"):
+        config = yaml.safe_load((configs / name).read_text())
+        assert config["env"]["env_kwargs"] == TOOL_ENV, name
+
+
+def test_prefix_forward_matches_a_full_forward():
+    import torch
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from boxgym.testing.seeing_model import Batcher, prefix_forward, seeing_config
+    from boxgym.testing.tiny_model import build_processor
+
+    torch.manual_seed(0)
+    model = Qwen2VLForConditionalGeneration(seeing_config(SMALL)).eval()
+    batcher = Batcher(build_processor())
+    batch = batcher([make_example("tool", 3), make_example("tool", 8)])
+    n_prefix = batch["prefix_ids"].shape[1]
+    assert n_prefix > 1000  # the system turn and the tool schemas
+    with torch.no_grad():
+        full = model.model(
+            **{k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")},
+            image_grid_thw=batch["image_grid_thw"],
+            mm_token_type_ids=batch["mm_token_type_ids"],
+            use_cache=False,
+        ).last_hidden_state[:, n_prefix:]
+        rest = prefix_forward(model, batch)
+    real = batch["attention_mask"][:, n_prefix:].bool()
+    assert torch.allclose(rest[real], full[real], atol=1e-4)
+    with pytest.raises(ValueError, match="one context per batch"):
+        batcher([make_example("tool", 3), make_example("count", 3)])
+
+
+def test_the_tool_stage_continues_a_built_base(built):
+    out, _ = built
+    recipe = replace(SMALL, tool_steps=3)
+    messages = []
+    path = build_seeing_model(
+        out.with_name("with-tools"), recipe, **{**BUILD_KW, "log": messages.append}
+    )
+    assert any(f"continuing the built {out.name}" in m for m in messages), messages
+    log = json.loads((path / "training_log.json").read_text())
+    assert log["step"] == recipe.total_steps == SMALL.total_steps + 3
+    results = json.loads((path / "results.json").read_text())
+    assert results["tool"]["count_accuracy"]["n"] == 3
+    assert json.loads((path / "recipe.json").read_text()) == recipe.identity()
