@@ -17,6 +17,7 @@ import contextlib
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ SCENE_FAMILY_NAMES = ("screens", "shapes", "clutter")
 # a CPU one turn of 64 conversations takes minutes, so fewer live episodes get results on disk
 # (and on the progress bar) sooner, at little cost to the batch's throughput.
 DEFAULT_MAX_LIVE = {"hf": 16}
+SCRIPTED_POLICIES = ("oracle", "noisy", "random")
 
 
 # ---------------------------------------------------------------------------------- arguments
@@ -91,6 +93,12 @@ def add_run_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
         type=int,
         help="most episodes in flight at once (memory bound; default 64, 16 for --policy hf so "
         "that on a CPU the first episodes finish, and are stored, within minutes)",
+    )
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes running episodes, for the scripted policies (default 1)",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--no-page", action="store_true", help="do not write index.html")
@@ -400,6 +408,7 @@ def execute_run(
         "batch_size": args.batch_size,
         "max_live": args.max_live,
         "policy_delay_s": args.policy_delay_s,
+        "workers": getattr(args, "workers", 1),
     }
     zero_shot = bool(getattr(args, "no_tools", False))
     if zero_shot:  # recorded only when on, so runs written before the option still resume
@@ -407,6 +416,14 @@ def execute_run(
     if shard is not None:  # likewise recorded only for sharded runs
         config["shards"] = shard.count
     check_model_paths(args)
+    workers = getattr(args, "workers", 1) or 1
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    if workers > 1 and args.policy not in SCRIPTED_POLICIES:
+        raise ValueError(
+            f"--workers runs the scripted policies ({', '.join(SCRIPTED_POLICIES)}) in several "
+            f"processes; the {args.policy!r} policy batches in one: drop --workers"
+        )
     indices = shard.task_indices(len(tasks)) if shard else range(len(tasks))
     expected = len(indices) * args.group_size
     own_dir = shard.folder(out) if shard else out
@@ -434,21 +451,36 @@ def execute_run(
                         "killed run",
                         file=sys.stderr,
                     )
-                stats = run_rollouts(
-                    tasks,
-                    policy,
-                    make_env_factory(env_config, zero_shot),
-                    store,
-                    group_size=args.group_size,
-                    seed=args.seed,
-                    batch_size=args.batch_size,
-                    max_live=args.max_live,
-                    progress=not args.no_progress,
-                    run_info={"policy": args.policy, "run": out.resolve().name},
-                    task_indices=indices,
-                    on_episode=columns.add if columns is not None else None,
-                    on_stored=columns.add if columns is not None else None,
-                )
+                common = {
+                    "group_size": args.group_size,
+                    "seed": args.seed,
+                    "max_live": args.max_live,
+                    "progress": not args.no_progress,
+                    "run_info": {"policy": args.policy, "run": out.resolve().name},
+                    "task_indices": indices,
+                    "on_episode": columns.add if columns is not None else None,
+                    "on_stored": columns.add if columns is not None else None,
+                }
+                if workers > 1:
+                    from boxgym.rollouts.workers import run_in_workers
+
+                    stats = run_in_workers(
+                        tasks,
+                        partial(make_policy, args.policy, **kwargs),
+                        make_env_factory(env_config, zero_shot),
+                        store,
+                        workers=workers,
+                        **common,
+                    )
+                else:
+                    stats = run_rollouts(
+                        tasks,
+                        policy,
+                        make_env_factory(env_config, zero_shot),
+                        store,
+                        batch_size=args.batch_size,
+                        **common,
+                    )
                 skip_lines = store.skip_lines
                 if store.scan_report:
                     print(f"note: {store.scan_report}", file=sys.stderr)

@@ -25,7 +25,7 @@ from boxgym.rollouts.store import EPISODES_FILE, IMAGES_DIR, RunLock, RunLockedE
 
 RUN_FILES = ("run.json", "episodes.jsonl", "summary.json", "index.html", "timing.json")
 # Fields of run.json that may change between sessions of one run (they do not change episodes).
-EXECUTION_FIELDS = ("batch_size", "max_live", "progress", "policy_delay_s")
+EXECUTION_FIELDS = ("batch_size", "max_live", "progress", "policy_delay_s", "workers")
 # Policy options that say where the model is served and how hard to press it, not what it
 # generates: shards on different machines may point at different replicas.
 EXECUTION_POLICY_FIELDS = ("base_url", "max_concurrency", "timeout", "max_retries")

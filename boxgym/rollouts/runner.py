@@ -85,6 +85,23 @@ class _LiveEpisode:
     turns: int = 0
 
 
+def pending_keys(
+    tasks: Sequence[Task],
+    group_size: int,
+    store: EpisodeStore,
+    on_stored: Callable[[dict[str, Any]], None] | None = None,
+    task_indices: Sequence[int] | None = None,
+) -> list[tuple[int, int]]:
+    """Every (task index, sample) key of `task_indices` (default: every task) not yet in
+    `store`, in run order (one pass over it)."""
+    ids = task_ids(tasks)  # a LazyTasks names its tasks without building them
+    if len(set(ids)) != len(ids):
+        raise ValueError("task ids must be unique within a run (they key the stored episodes)")
+    indices = range(len(tasks)) if task_indices is None else task_indices
+    done = store.done_keys(on_record=on_stored)
+    return [(i, s) for i in indices for s in range(group_size) if (ids[i], s) not in done]
+
+
 def run_rollouts(
     tasks: Sequence[Task],
     policy: Policy,
@@ -100,6 +117,7 @@ def run_rollouts(
     on_episode: Callable[[dict[str, Any]], None] | None = None,
     task_indices: Sequence[int] | None = None,
     on_stored: Callable[[dict[str, Any]], None] | None = None,
+    keys: Sequence[tuple[int, int]] | None = None,
 ) -> RunStats:
     """Run every (task, sample) key not yet in `store` and append each finished episode.
 
@@ -121,6 +139,8 @@ def run_rollouts(
             Seeds and record keys still use the position in `tasks`.
         on_stored: called with each record already in `store` (a resumed run), as the one
             pass that finds the done keys reads it.
+        keys: run exactly these (task index, sample) keys instead of every key not in
+            `store` (a worker process runs the keys its parent hands it).
 
     Returns:
         The session's statistics.
@@ -131,14 +151,13 @@ def run_rollouts(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if max_live is not None and max_live < 1:
         raise ValueError(f"max_live must be >= 1, got {max_live}")
-    ids = task_ids(tasks)  # a LazyTasks names its tasks without building them
-    if len(set(ids)) != len(ids):
-        raise ValueError("task ids must be unique within a run (they key the stored episodes)")
     indices = range(len(tasks)) if task_indices is None else task_indices
-    done = store.done_keys(on_record=on_stored)
-    keys = [(i, s) for i in indices for s in range(group_size) if (ids[i], s) not in done]
-    del ids
-    stats = RunStats(skipped_done=len(indices) * group_size - len(keys))
+    if keys is None:
+        keys = pending_keys(tasks, group_size, store, on_stored, indices)
+        skipped = len(indices) * group_size - len(keys)
+    else:
+        keys, skipped = list(keys), 0
+    stats = RunStats(skipped_done=skipped)
     session = _Session(tasks, policy, make_env, store, seed, stats, run_info or {}, on_episode)
     session.bar = _progress_bar(len(keys), progress)
     pending = deque(keys)

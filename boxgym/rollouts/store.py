@@ -249,6 +249,10 @@ class EpisodeStore:
         image_workers: threads that encode PNGs in the background; 0 encodes inline.
         max_pending_images: most images queued for encoding (each holds a copy in memory);
             `put_image` waits for the oldest when the queue is full.
+        collect: a worker process's store (`boxgym.rollouts.workers`): images are written as
+            usual, but `append` keeps records in `collected` for the parent process to write,
+            the episodes file is not touched, and temp files (other workers' writes in flight)
+            are left alone.
     """
 
     def __init__(
@@ -260,6 +264,7 @@ class EpisodeStore:
         compress_level: int = 1,
         image_workers: int = 1,
         max_pending_images: int = 64,
+        collect: bool = False,
     ):
         self.out_dir = Path(out_dir)
         self.images_dir = self.out_dir / IMAGES_DIR
@@ -279,7 +284,8 @@ class EpisodeStore:
             self._save_kwargs = {**self._save_kwargs, "compress_level": compress_level}
         self.compress_level = compress_level
         for entry in self._tmp_dir.glob(f"{_TMP_PREFIX}*"):
-            entry.unlink(missing_ok=True)  # a write interrupted by a kill
+            if not collect:  # a worker leaves the other workers' writes in flight alone
+                entry.unlink(missing_ok=True)  # a write interrupted by a kill
         # Refs of the images on disk or queued (another shard may add more meanwhile: storing
         # one again writes the same bytes by an atomic rename).
         self._known: set[str] = {
@@ -292,8 +298,10 @@ class EpisodeStore:
         self._pending: dict[str, Future[None]] = {}
         self._max_pending = max(1, int(max_pending_images))
         self._pool = ThreadPoolExecutor(image_workers) if image_workers > 0 else None
-        self.repaired_bytes = self._repair_torn_tail()
-        self._file = open(self.episodes_path, "ab")  # noqa: SIM115 - held open for the run
+        self.collected: list[dict[str, Any]] | None = [] if collect else None
+        self.repaired_bytes = 0 if collect else self._repair_torn_tail()
+        # Held open for the run (a worker's store has none).
+        self._file = open(os.devnull if collect else self.episodes_path, "ab")  # noqa: SIM115
         self.images_written = 0
         self.image_bytes_written = 0
         self.lines_written = 0
@@ -362,6 +370,9 @@ class EpisodeStore:
         if "key" not in record:
             raise ValueError("an episode record needs a 'key' with 'task_id' and 'sample'")
         self.flush_images()
+        if self.collected is not None:
+            self.collected.append(record)
+            return
         line = json.dumps(record, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
         try:
             data = line.encode("utf-8")

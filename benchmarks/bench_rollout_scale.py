@@ -1,0 +1,211 @@
+"""Rollouts at scale: episodes per CPU-second, peak memory against n, resume cost, workers.
+
+Acceptance (issue 12), each measured as a ratio of runs made side by side on one machine:
+
+    cpu      `boxgym episodes --scene all --policy oracle --n 200` at >= 5x the episodes per
+             CPU-second of the code before this work (a checkout given by --base), with an
+             identical episodes.jsonl apart from timing and storage fields;
+    memory   peak RSS of `boxgym episodes --policy oracle` at --n 10000 within 1.3x of --n 1000;
+    resume   `--resume` of a finished 100,000-episode run (summary and page included) within 12x
+             of a 10,000-episode one, peak RSS reported;
+    workers  `--workers 2` at >= 1.7x the episodes per wall-second of one process.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_rollout_scale.py cpu --base /tmp/base --repeats 3
+    OMP_NUM_THREADS=1 python benchmarks/bench_rollout_scale.py memory
+    OMP_NUM_THREADS=1 python benchmarks/bench_rollout_scale.py resume --source-n 1000
+    OMP_NUM_THREADS=1 python benchmarks/bench_rollout_scale.py workers --n 400
+
+Every command runs as a child process; CPU time is the child's user+system time (children of
+the child included), peak memory its `ru_maxrss`. Old and new runs alternate and the report
+gives medians. The resume runs are made from a real run of --source-n episodes whose lines are
+repeated with the task ids of a bigger run (same scenes' records, so the same parsing and
+summary work per line) rather than by rolling out 100,000 episodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_child(argv: list[str], root: Path) -> tuple[float, float, int]:
+    """(CPU seconds, wall seconds, peak RSS in KB) of `python -m boxgym.cli ARGV` from `root`."""
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "boxgym.cli", *argv],
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{argv} failed: {proc.stderr.read().decode()[-2000:]}")
+    proc.stderr.close()
+    return usage.ru_utime + usage.ru_stime, wall, usage.ru_maxrss
+
+
+def without_storage(record: dict) -> dict:
+    """A record without its timing and storage fields (image references, recipes, run name)."""
+
+    def strip(value: object) -> object:
+        if isinstance(value, dict):
+            out = {}
+            for key, item in value.items():
+                if key in ("timing", "recipe", "run"):
+                    continue
+                if key == "image" and isinstance(item, str):
+                    continue
+                if key == "images" and isinstance(item, list):
+                    continue
+                out[key] = strip(item)
+            return out
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    return strip(record)  # type: ignore[return-value]
+
+
+def same_episodes(a: Path, b: Path) -> bool:
+    def load(path: Path) -> list[str]:
+        text = path.read_text(encoding="utf-8").splitlines()
+        return sorted(
+            json.dumps(without_storage(json.loads(line)), sort_keys=True) for line in text
+        )
+
+    return load(a) == load(b)
+
+
+def bench_cpu(args: argparse.Namespace, work: Path) -> bool:
+    base = Path(args.base).resolve()
+    argv = ["episodes", "--scene", "all", "--policy", "oracle", "--n", str(args.n)]
+    argv += ["--no-progress", "--overwrite"]
+    rates: dict[str, list[float]] = {"old": [], "new": []}
+    for r in range(args.repeats):
+        for name, root in (("old", base), ("new", ROOT)):
+            cpu, wall, _ = run_child([*argv, "--out", str(work / name / "run")], root)
+            rates[name].append(args.n / cpu)
+            print(f"  repeat {r} {name}: {cpu:.2f} CPU-s, {wall:.1f} wall-s", flush=True)
+    old, new = statistics.median(rates["old"]), statistics.median(rates["new"])
+    same = same_episodes(
+        work / "old" / "run" / "episodes.jsonl", work / "new" / "run" / "episodes.jsonl"
+    )
+    sizes = {
+        name: sum(p.stat().st_size for p in (work / name / "run").rglob("*") if p.is_file())
+        for name in ("old", "new")
+    }
+    print(
+        f"cpu: old {old:.1f} ep/CPU-s, new {new:.1f} ep/CPU-s, ratio {new / old:.2f} (>= 5); "
+        f"episodes identical apart from timing/storage: {same}; run dir "
+        f"{sizes['old'] / 2**20:.1f} MiB -> {sizes['new'] / 2**20:.1f} MiB"
+    )
+    return new / old >= 5 and same
+
+
+def bench_memory(args: argparse.Namespace, work: Path) -> bool:
+    peaks = {}
+    for n in (args.small, args.large):
+        argv = ["episodes", "--scene", "all", "--policy", "oracle", "--n", str(n)]
+        cpu, wall, rss = run_child([*argv, "--no-progress", "--out", str(work / f"m{n}")], ROOT)
+        peaks[n] = rss
+        print(f"  n={n}: peak {rss / 1024:.0f} MiB, {cpu:.1f} CPU-s, {wall:.0f} wall-s", flush=True)
+        shutil.rmtree(work / f"m{n}")
+    ratio = peaks[args.large] / peaks[args.small]
+    print(f"memory: peak at n={args.large} / n={args.small} = {ratio:.2f} (<= 1.3)")
+    return ratio <= 1.3
+
+
+def _scaled_run(source: Path, target: Path, n: int) -> None:
+    """A finished run of n tasks made from the records of `source` (ids renamed to match)."""
+    target.mkdir(parents=True)
+    shutil.copytree(source / "images", target / "images")
+    config = json.loads((source / "run.json").read_text())
+    config["n_tasks"] = config["tasks"]["n"] = n
+    (target / "run.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    scenes, seed = config["tasks"]["scenes"], config["seed"]
+    difficulty = config["tasks"]["difficulty"]
+    lines = [json.loads(line) for line in (source / "episodes.jsonl").read_text().splitlines()]
+    with open(target / "episodes.jsonl", "w") as out:
+        for i in range(n):
+            record = lines[i % len(lines)]
+            task_id = f"{scenes[i % len(scenes)]}-{difficulty}-s{seed * 1_000_000 + i}"
+            record["key"] = {"task_id": task_id, "task_index": i, "sample": 0}
+            record["task"]["id"] = task_id
+            out.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
+
+
+def bench_resume(args: argparse.Namespace, work: Path) -> bool:
+    source = work / "source"
+    argv = ["episodes", "--scene", "all", "--policy", "oracle", "--no-progress"]
+    run_child([*argv, "--n", str(args.source_n), "--out", str(source)], ROOT)
+    times = {}
+    for n in (args.small, args.large):
+        _scaled_run(source, work / f"r{n}", n)
+        resume = [*argv, "--n", str(n), "--resume", "--out", str(work / f"r{n}")]
+        cpu, wall, rss = run_child(resume, ROOT)
+        times[n] = cpu
+        print(
+            f"  resume n={n}: {cpu:.1f} CPU-s, {wall:.0f} wall-s, peak {rss / 1024:.0f} MiB",
+            flush=True,
+        )
+        shutil.rmtree(work / f"r{n}")
+    ratio = times[args.large] / times[args.small]
+    print(f"resume: n={args.large} / n={args.small} = {ratio:.1f}x the CPU time (<= 12)")
+    return ratio <= 12
+
+
+def bench_workers(args: argparse.Namespace, work: Path) -> bool:
+    argv = ["episodes", "--scene", "all", "--policy", "oracle", "--n", str(args.n)]
+    argv += ["--no-progress", "--no-page", "--overwrite"]
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    for r in range(args.repeats):
+        for workers in (1, 2):
+            out = ["--out", str(work / f"w{workers}"), "--workers", str(workers)]
+            cpu, wall, _ = run_child([*argv, *out], ROOT)
+            rates[workers].append(args.n / wall)
+            print(f"  repeat {r} workers={workers}: {wall:.1f} wall-s, {cpu:.1f} CPU-s", flush=True)
+    one, two = statistics.median(rates[1]), statistics.median(rates[2])
+    print(
+        f"workers: 2 processes {two:.1f} ep/s, 1 process {one:.1f} ep/s, ratio {two / one:.2f} (>= 1.7)"
+    )
+    return two / one >= 1.7
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("what", choices=("cpu", "memory", "resume", "workers"))
+    parser.add_argument("--base", help="cpu: a checkout of the code before this work")
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--small", type=int)
+    parser.add_argument("--large", type=int)
+    parser.add_argument("--source-n", type=int, default=1000)
+    args = parser.parse_args(argv)
+    defaults = {"memory": (1000, 10000), "resume": (10000, 100000)}
+    small, large = defaults.get(args.what, (None, None))
+    args.small, args.large = args.small or small, args.large or large
+    if args.what == "cpu" and not args.base:
+        parser.error("cpu needs --base (e.g. git worktree add /tmp/base 49665df)")
+    with tempfile.TemporaryDirectory(prefix="boxgym-scale-") as tmp:
+        ok = {"cpu": bench_cpu, "memory": bench_memory, "resume": bench_resume}.get(
+            args.what, bench_workers
+        )(args, Path(tmp))
+    print("PASS" if ok else "FAIL")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,64 @@
+"""Scripted rollouts over worker processes: the same episodes as one process, resumable."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from boxgym.rollouts.commands import main as run_verbs
+from boxgym.rollouts.shards import read_run
+
+
+def by_key(path: Path) -> dict[tuple[str, int], dict]:
+    episodes = {}
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        record.pop("timing")
+        record.pop("run")
+        episodes[(record["key"]["task_id"], record["key"]["sample"])] = record
+    return episodes
+
+
+def test_two_workers_store_the_episodes_one_process_stores(tmp_path, capsys) -> None:
+    args = ["episodes", "--scene", "all", "--policy", "noisy", "--n", "5", "--group-size", "2"]
+    args += ["--seed", "4", "--no-progress", "--no-page"]
+    assert run_verbs([*args, "--out", str(tmp_path / "one")]) == 0
+    assert run_verbs([*args, "--out", str(tmp_path / "two"), "--workers", "2"]) == 0
+    one, two = (
+        by_key(tmp_path / "one" / "episodes.jsonl"),
+        by_key(tmp_path / "two" / "episodes.jsonl"),
+    )
+    assert len(one) == 10 and one == two
+    images = lambda run: sorted(p.name for p in (tmp_path / run / "images").iterdir())  # noqa: E731
+    assert images("one") == images("two") and len(images("two")) == 5
+    # A resumed worker run finishes only what is missing.
+    lines = (tmp_path / "two" / "episodes.jsonl").read_text().splitlines()
+    (tmp_path / "two" / "episodes.jsonl").write_text("\n".join(lines[:4]) + "\n")
+    assert run_verbs([*args, "--out", str(tmp_path / "two"), "--workers", "2", "--resume"]) == 0
+    assert by_key(tmp_path / "two" / "episodes.jsonl") == one
+    assert "6 episode(s) this session, 10/10 stored" in capsys.readouterr().out
+    # Shards run over workers too: each shard's workers run its share into the shared folder.
+    for shard in ("0/2", "1/2"):
+        argv = [*args, "--out", str(tmp_path / "sharded"), "--workers", "2", "--shard", shard]
+        assert run_verbs(argv) == 0
+    union = {
+        (r["key"]["task_id"], r["key"]["sample"]): {**r, "timing": None, "run": None}
+        for r in read_run(tmp_path / "sharded").episodes
+    }
+    assert union == {key: {**r, "timing": None, "run": None} for key, r in one.items()}
+    assert sorted(p.name for p in (tmp_path / "sharded" / "images").iterdir()) == images("one")
+    assert not list((tmp_path / "sharded" / "shards").glob("*/.tmp-*"))
+
+
+def test_workers_with_a_model_policy_is_one_clear_line(tmp_path) -> None:
+    argv = ["rollout", "--policy", "hf", "--n", "2", "--workers", "2", "--no-progress"]
+    result = subprocess.run(
+        [sys.executable, "-m", "boxgym.cli", *argv, "--out", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert "--workers" in result.stderr and "Traceback" not in result.stderr
