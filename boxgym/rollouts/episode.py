@@ -31,6 +31,7 @@ the recipe over the stored task image.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from typing import Any
 
@@ -78,6 +79,17 @@ def to_jsonable(value: Any, store: EpisodeStore | None = None, depth: int = 0) -
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return to_jsonable(dataclasses.asdict(value), store, depth + 1)
     return repr(value)[:500]
+
+
+def plain_jsonable(value: Any, store: EpisodeStore | None = None) -> Any:
+    """`to_jsonable(value)` through the C JSON codec when `value` is plain JSON data with
+    string keys (several times faster); NaN, images, numpy and other objects make the codec
+    refuse it and take `to_jsonable`'s path."""
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return to_jsonable(value, store)
+    return json.loads(text)
 
 
 def serialize_message(
@@ -147,7 +159,7 @@ class EpisodeRecorder:
             **to_jsonable(run_info),
             "seed": seed,
             "task": {
-                **to_jsonable(task.ground_truth()),
+                **plain_jsonable(task.ground_truth()),
                 "images": [store.put_image(im) for im in task.images],
             },
             "prompt": [],
@@ -181,11 +193,13 @@ class EpisodeRecorder:
             {
                 "turn": len(self._record["turns"]) + 1,
                 "assistant": text,
-                "calls": to_jsonable(_first(self._last_info, "calls", "parsed") or [], self.store),
-                "errors": to_jsonable(self._last_info.get("errors") or [], self.store),
+                "calls": plain_jsonable(
+                    _first(self._last_info, "calls", "parsed") or [], self.store
+                ),
+                "errors": plain_jsonable(self._last_info.get("errors") or [], self.store),
                 "tool_results": tool_results,
                 "reward": reward if math.isfinite(reward) else None,
-                "info": to_jsonable(extra, self.store),
+                "info": plain_jsonable(extra, self.store),
             }
         )
 
@@ -201,8 +215,8 @@ class EpisodeRecorder:
 
     def record(self) -> dict[str, Any]:
         info = self._last_info
-        env_metrics = to_jsonable(info.get("metrics") or {}, self.store)
-        components = to_jsonable(info.get("reward_components") or {}, self.store)
+        env_metrics = plain_jsonable(info.get("metrics") or {}, self.store)
+        components = plain_jsonable(info.get("reward_components") or {}, self.store)
         final_answer = to_jsonable(_first(info, "final_answer", "answer"), self.store)
         metrics = self._headline(env_metrics, final_answer)
         for name, value in env_metrics.items():

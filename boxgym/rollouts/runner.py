@@ -222,7 +222,8 @@ class _Session:
             stats.env_s += time.perf_counter() - t0
             self.finish(recorder)
             return None
-        self.tools = list(getattr(env, "tool_schemas", self.tools))
+        if not self.tools:  # every env of a run has the same tools: copy their schemas once
+            self.tools = list(getattr(env, "tool_schemas", self.tools))
         t1 = time.perf_counter()
         recorder.set_prompt(messages)
         t2 = time.perf_counter()
@@ -267,8 +268,9 @@ class _Session:
             # (a server that dies mid-turn) must not take them with it.
             for ep in chunk:
                 if ep.done:
-                    self.finish(ep.recorder)
+                    self.finish(ep.recorder, sync=False)
                     ep.env.close()
+            self.store.sync()  # one fsync for the episodes of this chunk that ended this turn
         if self.bar is not None:
             # episodes end together at a turn: tqdm skips redraws within `mininterval`, so
             # without this the bar would show the first of them until the next turn's ends
@@ -306,12 +308,12 @@ class _Session:
                     self.finish(ep.recorder)
                     ep.env.close()
 
-    def finish(self, recorder: EpisodeRecorder) -> None:
+    def finish(self, recorder: EpisodeRecorder, sync: bool = True) -> None:
         """Store a finished episode and update the counters and the progress bar."""
         stats = self.stats
         t0 = time.perf_counter()
         record = recorder.record()
-        self.store.append(record)
+        self.store.append(record, sync=sync)
         stats.store_s += time.perf_counter() - t0
         stats.episodes += 1
         reward = record.get("reward")

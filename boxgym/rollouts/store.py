@@ -2,7 +2,7 @@
 
 Layout of a run directory:
 
-    episodes.jsonl       one finished episode per line, appended, flushed and fsynced per episode
+    episodes.jsonl       one finished episode per line, appended and flushed per episode, fsynced per turn
     images/<sha>.jpg     every distinct stored image once; records refer to it as "<sha>.jpg"
                          (runs written before the JPEG default: images/<sha>.png, referred to
                          as "<sha>"; `image_relpath` resolves both)
@@ -17,10 +17,11 @@ writers storing the same image write the same bytes and neither ever sees a part
 
 Safety against a kill at any moment (SIGKILL included): an image is written to a temporary
 file and renamed into place, so `images/` never holds a partial PNG; an episode's images are
-all on disk before its line is written; each line is written with one `write` and fsynced, so a
-kill can only leave a torn *last* line, which the reader detects and drops and which opening the
-store for appending cuts off (reported in `repaired_bytes`). A resumed run therefore loses at
-most the episodes that were in flight.
+all on disk before its line is written; each line is written with one `write` and handed to
+the OS at once (the episodes that end in one turn then share one fsync), so a kill can only
+leave a torn *last* line, which the reader detects and drops and which opening the store for
+appending cuts off (reported in `repaired_bytes`). A resumed run therefore loses at most the
+episodes that were in flight.
 
 Hashing covers the raw pixels, the size and the mode, so two equal images from different turns
 or episodes are stored once; an image object put again (the G samples of one task) is not hashed
@@ -299,6 +300,7 @@ class EpisodeStore:
         self._max_pending = max(1, int(max_pending_images))
         self._pool = ThreadPoolExecutor(image_workers) if image_workers > 0 else None
         self.collected: list[dict[str, Any]] | None = [] if collect else None
+        self._unsynced = False
         self.repaired_bytes = 0 if collect else self._repair_torn_tail()
         # Held open for the run (a worker's store has none).
         self._file = open(os.devnull if collect else self.episodes_path, "ab")  # noqa: SIM115
@@ -365,8 +367,13 @@ class EpisodeStore:
 
     # -- episodes -------------------------------------------------------------------------
 
-    def append(self, record: dict[str, Any]) -> None:
-        """Write one finished episode durably: its images first, then its line, fsynced."""
+    def append(self, record: dict[str, Any], *, sync: bool = True) -> None:
+        """Write one finished episode durably: its images first, then its line, fsynced.
+
+        The line is handed to the OS at once (a killed process loses nothing written);
+        `sync=False` leaves the fsync to a later `sync()`, so the episodes that end together
+        in one turn cost one fsync, not one each.
+        """
         if "key" not in record:
             raise ValueError("an episode record needs a 'key' with 'task_id' and 'sample'")
         self.flush_images()
@@ -380,8 +387,16 @@ class EpisodeStore:
             data = valid_unicode(line).encode("utf-8")
         self._file.write(data + b"\n")
         self._file.flush()
-        os.fsync(self._file.fileno())
+        self._unsynced = True
+        if sync:
+            self.sync()
         self.lines_written += 1
+
+    def sync(self) -> None:
+        """fsync the lines written since the last sync (they survive a machine crash)."""
+        if self._unsynced:
+            os.fsync(self._file.fileno())
+            self._unsynced = False
 
     def read(self) -> EpisodeLog:
         """Every episode stored so far (see `read_episodes`)."""
@@ -456,6 +471,7 @@ class EpisodeStore:
             return
         try:
             self.flush_images()
+            self.sync()
         finally:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)

@@ -140,9 +140,10 @@ def run_in_workers(
                 records, part_stats = future.result()
                 t0 = time.perf_counter()
                 for record in records:
-                    store.append(record)
+                    store.append(record, sync=False)
                     if on_episode is not None:
                         on_episode(record)
+                store.sync()
                 stats.store_s += time.perf_counter() - t0
                 _add_stats(stats, part_stats)
                 if bar is not None:
