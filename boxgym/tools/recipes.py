@@ -14,10 +14,15 @@ every tool image, and `render_recipe` rebuilds the exact pixels when they are ne
 
 A recipe is JSON data; `image.info` travels with `Image.copy()` and is ignored by every
 processor and encoder the project uses.
+
+`DeferredImage` is a PIL image whose pixels are made only when something reads them: the
+marked-up image a tool returns is one, so an episode whose policy never looks at its images
+(a scripted one) never copies them, and one that does pays for each image once, when read.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from PIL import Image
@@ -71,3 +76,39 @@ def render_recipe(original: Image.Image, recipe: dict[str, Any]) -> Image.Image:
     ]
     draw_marks(image, marks)
     return image
+
+
+class DeferredImage(Image.Image):
+    """An RGB image of `size` whose pixels `make()` returns when they are first needed.
+
+    Every PIL operation reaches the pixels through `Image.im` (directly or after `load()`),
+    so that is where they are made; `size`, `mode` and `info` (the recipe) need no pixels.
+    `make` must return an image of this size and mode, the same whenever it is called.
+    """
+
+    _make: Callable[[], Image.Image] | None = None
+
+    def __init__(self, size: tuple[int, int], make: Callable[[], Image.Image]) -> None:
+        super().__init__()
+        self._mode = "RGB"
+        self._size = (int(size[0]), int(size[1]))
+        self._make = make
+
+    @property  # type: ignore[override]
+    def im(self) -> Any:
+        if self._im is None and self._make is not None:
+            made = self._make()
+            if made.size != self.size or made.mode != self.mode:
+                raise ValueError(
+                    f"a deferred {self.mode} {self.size} image made {made.mode} {made.size}"
+                )
+            self._im, self._make = made.im, None
+        return self._im
+
+    @im.setter
+    def im(self, im: Any) -> None:
+        self._im = im
+
+    def load(self) -> Any:
+        self.im  # noqa: B018 - make the pixels
+        return super().load()

@@ -43,7 +43,7 @@ from boxgym.tools.frames import (
     frame_to_pixels,
     pixels_to_frame,
 )
-from boxgym.tools.recipes import with_recipe
+from boxgym.tools.recipes import DeferredImage, with_recipe
 
 TOOL_NAMES: tuple[str, ...] = ("draw_box", "crop", "label", "remove_box", "answer")
 DRAW_BOX_RETURNS: tuple[str, ...] = ("image", "crop", "both", "text")
@@ -423,7 +423,20 @@ class Toolbox:
     def _show_marked(self, index: int) -> dict[str, Any]:
         self._tool_images += 1
         boxes = [[b.box_id, b.label, *b.pixels] for b in self._boxes.values() if b.image == index]
-        image = self._marked[index].copy()
+        # The marked image as it is now, made when read: the clean view with these marks.
+        view = self._views[index]
+        drawings = [
+            d for i, d in self._drawings.items() if d is not None and self._boxes[i].image == index
+        ]
+
+        def make() -> Image.Image:
+            marked = view.copy()
+            draw = ImageDraw.Draw(marked)
+            for drawing in drawings:
+                paint_mark(draw, drawing)
+            return marked
+
+        image = DeferredImage(view.size, make)
         return _image(with_recipe(image, index, self._sizes[index], None, boxes))
 
     def _box_summary(self) -> str:

@@ -46,3 +46,23 @@ def test_every_image_a_tool_returns_is_rebuilt_exactly_from_its_recipe(mode, fra
 def test_a_plain_image_has_no_recipe():
     assert image_recipe(picture(10, 10, 0)) is None
     assert image_recipe("not an image") is None
+
+
+def test_marked_images_are_made_when_read_and_behave_like_any_image():
+    import pickle
+
+    from boxgym.tools.recipes import DeferredImage
+
+    tb = Toolbox([picture(640, 480, 0)], kind="enumerate")
+    first = tb.draw_box(10, 20, 300, 400, "red square")[0]["image"]
+    second = tb.draw_box(400, 500, 900, 900, "blue circle")[0]["image"]
+    assert isinstance(first, DeferredImage) and first._im is None  # nothing made yet
+    assert first.size == second.size == tb.view_images[0].size and first.mode == "RGB"
+    assert image_recipe(first)["boxes"][0][:2] == [1, "red square"]
+    # Read after later draws, each shows the boxes of its own moment.
+    assert second.tobytes() == tb._marked_image(0).tobytes()
+    assert first.tobytes() != second.tobytes()
+    assert np.asarray(first).shape == (first.size[1], first.size[0], 3)
+    assert first.copy().tobytes() == first.tobytes()
+    assert pickle.loads(pickle.dumps(first)).tobytes() == first.tobytes()
+    assert first.resize((10, 10)).size == (10, 10)
