@@ -4,6 +4,7 @@ build took to reach 0.9 held-out count accuracy.
     python benchmarks/bench_seeing_build.py                    # time 20 steps of each stage
     python benchmarks/bench_seeing_build.py --from-build DIR   # also read a finished build's log
     python benchmarks/bench_seeing_build.py --steps 0 --from-build DIR   # only the build's log
+    python benchmarks/bench_seeing_build.py --steps 0 --prefix --threads 2  # tool rows' prefix cache
 
 The step timing runs the default recipe's model and batches (fresh weights, one torch thread
 unless --threads) for `--steps` steps of each stage (count, full, tool); the first
@@ -67,6 +68,37 @@ def time_steps(threads: int, steps: int) -> dict[str, float]:
     return out
 
 
+def time_prefix(threads: int, rows: int = 8, repeats: int = 3) -> dict[str, float]:
+    """Forward + backward of `rows` tool rows: the full prompt against the shared prefix run
+    once without gradient (`prefix_forward`), side by side on the same batch."""
+    import torch
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from boxgym.testing.seeing_model import Batcher, SeeingRecipe, prefix_forward, seeing_config
+    from boxgym.testing.seeing_tasks import make_example
+    from boxgym.testing.tiny_model import build_processor
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = Qwen2VLForConditionalGeneration(seeing_config(SeeingRecipe()))
+    batch = Batcher(build_processor())([make_example("tool", 2_000_000 + i) for i in range(rows)])
+    full_inputs = {k: v for k, v in batch.items() if k not in ("labels", "weights", "prefix_ids")}
+    ways = {
+        "full_prompt": lambda: model.model(**full_inputs, use_cache=False).last_hidden_state,
+        "shared_prefix": lambda: prefix_forward(model, batch),
+    }
+    out: dict[str, float] = {"rows": rows, "prompt_tokens": batch["input_ids"].shape[1]}
+    for name, forward in ways.items():
+        seconds = []
+        for _ in range(repeats + 1):
+            started = time.perf_counter()
+            forward().pow(2).mean().backward()
+            seconds.append(time.perf_counter() - started)
+        out[f"{name}_seconds"] = round(statistics.median(seconds[1:]), 3)
+    out["speedup"] = round(out["full_prompt_seconds"] / out["shared_prefix_seconds"], 2)
+    return out
+
+
 def from_build(path: Path) -> dict[str, object]:
     log = json.loads((path / "training_log.json").read_text())
     results = json.loads((path / "results.json").read_text())
@@ -88,10 +120,15 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--from-build", type=Path, default=None)
+    parser.add_argument(
+        "--prefix", action="store_true", help="Also time tool rows with and without the prefix."
+    )
     args = parser.parse_args()
     report: dict[str, object] = {"threads": args.threads}
     if args.steps > 0:  # --steps 0: only read --from-build
         report.update(time_steps(args.threads, args.steps))
+    if args.prefix:
+        report["tool_rows"] = time_prefix(args.threads)
     if args.from_build:
         report["build"] = from_build(args.from_build)
     print(json.dumps(report, indent=1))

@@ -513,7 +513,10 @@ def score_tool_replies(examples: list[Example], replies: list[str]) -> dict[str,
         for name, metric in names.items():
             values[name].append(float(metrics.get(metric) or 0.0))
         values["reward"].append(float(reward))
-    out = {name: bootstrap_mean_ci(v, seed=0) for name, v in values.items()}
+    out = {}
+    for name, v in values.items():
+        got = bootstrap_mean_ci(v, seed=0)  # {"mean", "ci95": [lo, hi], "n"}
+        out[name] = {"mean": got["mean"], "lo": got["ci95"][0], "hi": got["ci95"][1], "n": got["n"]}
     out["examples"] = [{"reply": r, "truth": e.reply} for e, r in list(zip(examples, replies))[:3]]
     return out
 
