@@ -23,6 +23,8 @@ class LazyTasks(Sequence[Task]):
         build: builds task i (deterministically: asking twice gives equal tasks).
         task_id: the id `build(i)` will have.
         keep: how many built tasks to keep (most recently used first).
+        images_per_task: the most images a task has, when known without building them (a
+            procedural scene has one); None when unknown.
     """
 
     def __init__(
@@ -31,6 +33,7 @@ class LazyTasks(Sequence[Task]):
         build: Callable[[int], Task],
         task_id: Callable[[int], str],
         keep: int = 4,
+        images_per_task: int | None = None,
     ) -> None:
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
@@ -39,6 +42,7 @@ class LazyTasks(Sequence[Task]):
         self._task_id = task_id
         self._keep = max(1, keep)
         self._built: OrderedDict[int, Task] = OrderedDict()
+        self.images_per_task = images_per_task
 
     def __len__(self) -> int:
         return self._n
@@ -74,6 +78,14 @@ class LazyTasks(Sequence[Task]):
         if not 0 <= i < self._n:
             raise IndexError(f"task index {index} is out of range for {self._n} tasks")
         return i
+
+
+def most_images(tasks: Sequence[Task]) -> int:
+    """The most images any task has (at least 1); a `LazyTasks` that knows it builds nothing."""
+    known = getattr(tasks, "images_per_task", None)
+    if isinstance(known, int):
+        return max(1, known)
+    return max((len(t.images) for t in tasks), default=1)
 
 
 def task_ids(tasks: Sequence[Task]) -> list[str]:

@@ -304,6 +304,7 @@ def scene_tasks(scenes: list[str], n: int, seed: int, difficulty: str, **knobs: 
         n,
         build=lambda i: make_scene_task(*arguments(i), **knobs),
         task_id=lambda i: scene_task_id(*arguments(i), **knobs),
+        images_per_task=1,  # a procedural scene is one image
     )
 
 
@@ -391,9 +392,10 @@ def execute_run(
         ) from error
     kwargs = policy_kwargs(args)
     if args.policy == "vllm" and "limit_mm_per_prompt" not in kwargs:
+        from boxgym.data.lazy_tasks import most_images
         from boxgym.policies.vllm import episode_image_limit
 
-        most = max((len(t.images) for t in tasks), default=1)
+        most = most_images(tasks)  # lazily built scenes: known, none is built to count
         kwargs["limit_mm_per_prompt"] = episode_image_limit(env_config, most)
     out = Path(args.out)
     config = {
