@@ -378,6 +378,22 @@ def prefix_forward(model, batch: dict[str, Any]) -> Any:
     return out.last_hidden_state
 
 
+def batch_hidden(model, batch: dict[str, Any]) -> tuple[Any, int]:
+    """Last hidden states of a Batcher batch, and how many leading positions they skip (the
+    shared prefix of a tool batch, run once by `prefix_forward`; 0 for a bare batch)."""
+    if "prefix_ids" in batch:
+        return prefix_forward(model, batch), batch["prefix_ids"].shape[1]
+    hidden = model.model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        pixel_values=batch["pixel_values"],
+        image_grid_thw=batch["image_grid_thw"],
+        mm_token_type_ids=batch["mm_token_type_ids"],
+        use_cache=False,
+    ).last_hidden_state
+    return hidden, 0
+
+
 def reply_loss(model, batch: dict[str, Any], recipe: SeeingRecipe, vocab: Any, generator) -> Any:
     """Weighted cross-entropy over reply tokens, the LM head applied only at those positions.
 
@@ -389,19 +405,7 @@ def reply_loss(model, batch: dict[str, Any], recipe: SeeingRecipe, vocab: Any, g
     import torch
     import torch.nn.functional as F
 
-    skip = 0
-    if "prefix_ids" in batch:
-        hidden = prefix_forward(model, batch)
-        skip = batch["prefix_ids"].shape[1]
-    else:
-        hidden = model.model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            pixel_values=batch["pixel_values"],
-            image_grid_thw=batch["image_grid_thw"],
-            mm_token_type_ids=batch["mm_token_type_ids"],
-            use_cache=False,
-        ).last_hidden_state
+    hidden, skip = batch_hidden(model, batch)
     # the hidden state at position t predicts token t + 1 (replies never start in the prefix)
     targets = batch["labels"][:, skip + 1 :]
     weights = batch["weights"][:, skip + 1 :]
@@ -529,17 +533,10 @@ def quick_count_accuracy(model, batcher: Batcher, seeds: list[int]) -> float:
     batch = batcher(examples)
     model.eval()
     with torch.no_grad():
-        out = model.model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            pixel_values=batch["pixel_values"],
-            image_grid_thw=batch["image_grid_thw"],
-            mm_token_type_ids=batch["mm_token_type_ids"],
-            use_cache=False,
-        )
+        hidden, _ = batch_hidden(model, batch)  # bare count rows: no prefix
     model.train()
     first = (batch["labels"] != -100).int().argmax(dim=1) - 1
-    h = out.last_hidden_state[torch.arange(len(examples)), first]
+    h = hidden[torch.arange(len(examples)), first]
     guess = (h @ model.lm_head.weight.T).argmax(dim=-1)
     truth = batch["labels"][torch.arange(len(examples)), first + 1]
     return float((guess == truth).float().mean())
