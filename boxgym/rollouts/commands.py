@@ -373,6 +373,7 @@ def execute_run(
     from boxgym.rollouts.runner import append_session_timing, run_rollouts
     from boxgym.rollouts.shards import Shard
     from boxgym.rollouts.store import EpisodeReader, EpisodeStore
+    from boxgym.rollouts.viewer import PageIndex
 
     shard = Shard.parse(args.shard) if getattr(args, "shard", None) else None
     if args.group_size < 1:
@@ -444,6 +445,13 @@ def execute_run(
         # resume pass reads them, the new ones as they finish; the file is parsed once and no
         # record is kept. A shard's summary covers every shard, read after it ends.
         columns = None if shard else EpisodeColumns()
+        index = None if shard or args.no_page else PageIndex()
+
+        def seen(record: dict[str, Any]) -> None:  # each stored or new record, in file order
+            columns.add(record)
+            if index is not None:
+                index.add(record)
+
         skip_lines: list[int] = []
         try:
             with EpisodeStore(out, episodes_dir=own_dir if shard else None) as store:
@@ -460,8 +468,8 @@ def execute_run(
                     "progress": not args.no_progress,
                     "run_info": {"policy": args.policy, "run": out.resolve().name},
                     "task_indices": indices,
-                    "on_episode": columns.add if columns is not None else None,
-                    "on_stored": columns.add if columns is not None else None,
+                    "on_episode": seen if columns is not None else None,
+                    "on_stored": seen if columns is not None else None,
                 }
                 if workers > 1:
                     from boxgym.rollouts.workers import run_in_workers
@@ -500,6 +508,7 @@ def execute_run(
         title=title,
         page=not args.no_page,
         columns=columns,
+        index=index,
         skip_lines=skip_lines,
     )
     print(
@@ -521,21 +530,22 @@ def write_run_outputs(
     title: str | None = None,
     page: bool = True,
     columns: Any = None,
+    index: Any = None,
     skip_lines: list[int] | None = None,
 ) -> dict[str, Any]:
     """Write the summary (and page) over every episode of the run, every shard's included.
 
-    The episodes are streamed (`RunReader`): the summary is built from columns and the page
-    copies the stored lines, so no record is held. An unsharded run that has just run passes
-    the `columns` it filled (`EpisodeColumns`) and the `skip_lines` of its resume pass, and its
-    file is not parsed again. Held under the run's summary lock, so of shards ending together
+    The episodes are streamed (`RunReader`): the summary is built from columns, the page's index
+    from the same pass (`PageIndex`) and its page files copy the stored lines, so no record is
+    held. An unsharded run that has just run passes the `columns` and `index` it filled, in file
+    order, and the `skip_lines` of its resume pass, and its file is not parsed again. Held under the run's summary lock, so of shards ending together
     the last one to write sees them all.
     """
     from boxgym.rollouts.metrics import EpisodeColumns, combine_sessions, write_summary
     from boxgym.rollouts.run_dir import summary_lock
     from boxgym.rollouts.shards import RunReader, shard_progress, timing_sessions
     from boxgym.rollouts.store import EpisodeReader
-    from boxgym.rollouts.viewer import write_run_page
+    from boxgym.rollouts.viewer import PageIndex, write_run_page
 
     config: dict[str, Any] = {}
     # no or unreadable run.json: the summary still works (bootstrap seed as given)
@@ -544,11 +554,13 @@ def write_run_outputs(
         config = loaded if isinstance(loaded, dict) else {}
     with summary_lock(run_dir):
         extra = {}
-        if columns is None:
+        if columns is None or (page and index is None):
             reader = RunReader(run_dir)
-            columns = EpisodeColumns()
+            columns, index = EpisodeColumns(), PageIndex()
             for record in reader:  # one streaming pass over every shard's file
                 columns.add(record)
+                if page:
+                    index.add(record)
             if reader.report():
                 print(f"note: {reader.report()}", file=sys.stderr)
             progress = shard_progress(reader.stored, config)
@@ -566,7 +578,7 @@ def write_run_outputs(
             extra=extra,
         )
         if page:
-            write_run_page(run_dir, summary, lines, title=title)
+            write_run_page(run_dir, summary, lines, index, title=title)
     return summary
 
 

@@ -1,12 +1,13 @@
 """The run folder: its locks, and creating, checking (`--resume`) or clearing (`--overwrite`) it.
 
 A run folder holds `run.json` (the run's configuration), `episodes.jsonl`, `images/`,
-`timing.json` (one entry per session), `summary.json` and `index.html`; a sharded run keeps each
-shard's episodes and timing under `shards/<i>-of-<n>/` instead (`boxgym.rollouts.shards`). A
-folder that already holds a run is refused unless `--resume` (finish the missing episodes; the
-configuration must match) or `--overwrite` (delete that run's files first) is given. A shard
-starts in a folder where other shards of the same run already are without either option: it
-checks the shared `run.json` and only its own episodes need `--resume` or `--overwrite`.
+`timing.json` (one entry per session), `summary.json`, `index.html` and its `pages/`; a sharded
+run keeps each shard's episodes and timing under `shards/<i>-of-<n>/` instead
+(`boxgym.rollouts.shards`). A folder that already holds a run is refused unless `--resume`
+(finish the missing episodes; the configuration must match) or `--overwrite` (delete that run's
+files first) is given. A shard starts in a folder where other shards of the same run already
+are without either option: it checks the shared `run.json` and only its own episodes need
+`--resume` or `--overwrite`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from boxgym.errors import UserError
 from boxgym.rollouts.shards import SHARDS_DIR, TIMING_FILE, Shard
 from boxgym.rollouts.store import EPISODES_FILE, IMAGES_DIR, RunLock, RunLockedError
+from boxgym.rollouts.viewer import PAGE_DIR
 
 RUN_FILES = ("run.json", "episodes.jsonl", "summary.json", "index.html", "timing.json")
 # Fields of run.json that may change between sessions of one run (they do not change episodes).
@@ -92,6 +94,7 @@ def prepare_run_dir(out: Path, config: dict[str, Any], *, resume: bool, overwrit
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / IMAGES_DIR, ignore_errors=True)
         shutil.rmtree(out / SHARDS_DIR, ignore_errors=True)
+        shutil.rmtree(out / PAGE_DIR, ignore_errors=True)
     elif existing and resume:
         if not (out / "run.json").exists():
             raise ValueError(
