@@ -9,11 +9,15 @@ Acceptance (issue 12), each measured as a ratio of runs made side by side on one
     resume   `--resume` of a finished 100,000-episode run (summary and page included) within 12x
              of a 10,000-episode one, peak RSS reported;
     workers  `--workers 2` at >= 1.7x the episodes per wall-second of one process.
+    page     the run page of a finished 10,000-episode run: `index.html` size, page files and the
+             time to write them, against the code before paging (a checkout given by --base:
+             one `index.html` holding every episode); reported, no target.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_rollout_scale.py cpu --base /tmp/base --repeats 3
     OMP_NUM_THREADS=1 python benchmarks/bench_rollout_scale.py memory
     OMP_NUM_THREADS=1 python benchmarks/bench_rollout_scale.py resume --source-n 1000
     OMP_NUM_THREADS=1 python benchmarks/bench_rollout_scale.py workers --n 400
+    OMP_NUM_THREADS=1 python benchmarks/bench_rollout_scale.py page --base /tmp/base --source-n 200
 
 Every command runs as a child process; CPU time is the child's user+system time (children of
 the child included), peak memory its `ru_maxrss`. Old and new runs alternate and the report
@@ -184,25 +188,118 @@ def bench_workers(args: argparse.Namespace, work: Path) -> bool:
     return two / one >= 1.7
 
 
+# Run in a child from a checkout: one pass over the run (the summary's columns, and the page's
+# index where the checkout has one), then the page written from the stored lines, timed alone.
+_WRITE_PAGE = """
+import json, sys, time
+from pathlib import Path
+from boxgym.rollouts.metrics import EpisodeColumns, summarize
+from boxgym.rollouts.shards import RunReader
+from boxgym.rollouts import viewer
+run = Path(sys.argv[1])
+start = time.process_time()
+reader, columns = RunReader(run), EpisodeColumns()
+paged = hasattr(viewer, "PageIndex")
+index = viewer.PageIndex() if paged else None
+index_s = 0.0
+for record in reader:
+    columns.add(record)
+    if paged:
+        t = time.process_time()
+        index.add(record)
+        index_s += time.process_time() - t
+read_s = time.process_time() - start - index_s
+summary = summarize(columns)
+start = time.process_time()
+if paged:
+    viewer.write_run_page(run, summary, reader.raw_lines(), index)
+else:
+    viewer.write_run_page(run, summary, reader.raw_lines())
+print(json.dumps({"read_s": read_s, "index_s": index_s, "write_s": time.process_time() - start}))
+"""
+
+
+def _page_files(run: Path) -> list[int]:
+    pages = run / "pages"
+    return sorted(p.stat().st_size for p in pages.iterdir()) if pages.is_dir() else []
+
+
+def bench_page(args: argparse.Namespace, work: Path) -> bool:
+    base = Path(args.base).resolve()
+    source = work / "source"
+    argv = ["episodes", "--scene", "all", "--policy", "oracle", "--no-progress"]
+    run_child([*argv, "--n", str(args.source_n), "--out", str(source)], ROOT)
+    run = work / "run"
+    _scaled_run(source, run, args.large)
+    print(
+        f"  episodes.jsonl of n={args.large}: {(run / 'episodes.jsonl').stat().st_size / 1e6:.1f} MB"
+    )
+    results: dict[str, list[dict]] = {"old": [], "new": []}
+    for r in range(args.repeats):
+        for name, root in (("old", base), ("new", ROOT)):
+            shutil.rmtree(run / "pages", ignore_errors=True)
+            env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+            done = subprocess.run(
+                [sys.executable, "-c", _WRITE_PAGE, str(run)],
+                cwd=root, env=env, capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            times = json.loads(done.stdout)
+            cpu, wall, rss = run_child(["view", str(run)], root)
+            times.update(view_cpu_s=cpu, view_wall_s=wall, view_rss_kb=rss)
+            times.update(index_bytes=(run / "index.html").stat().st_size, pages=_page_files(run))
+            results[name].append(times)
+            print(
+                f"  repeat {r} {name}: page written in {times['write_s']:.2f} CPU-s "
+                f"(+ index entries {times['index_s']:.2f} CPU-s in the reading pass of "
+                f"{times['read_s']:.2f} CPU-s); `boxgym view` {cpu:.1f} CPU-s, peak "
+                f"{rss / 1024:.0f} MiB; index.html {times['index_bytes'] / 1e6:.2f} MB",
+                flush=True,
+            )
+    row = {}
+    for name, runs in results.items():
+        row[name] = {
+            key: statistics.median(t[key] for t in runs)
+            for key in ("write_s", "index_s", "read_s", "view_cpu_s", "view_rss_kb")
+        }
+        row[name]["index_bytes"] = runs[-1]["index_bytes"]
+        row[name]["pages"] = runs[-1]["pages"]
+    old, new = row["old"], row["new"]
+    pages = new["pages"]
+    print(
+        f"page: index.html {old['index_bytes'] / 1e6:.1f} MB -> {new['index_bytes'] / 1e6:.2f} MB "
+        f"({new['index_bytes'] / args.large:.0f} bytes per episode, template and summary "
+        f"included); {len(pages)} page files of {min(pages) / 1e6:.2f}-{max(pages) / 1e6:.2f} MB "
+        f"({sum(pages) / 1e6:.1f} MB in all); writing the page {old['write_s']:.2f} -> "
+        f"{new['write_s'] + new['index_s']:.2f} CPU-s ({new['write_s']:.2f} files + "
+        f"{new['index_s']:.2f} index entries); `boxgym view` {old['view_cpu_s']:.1f} -> "
+        f"{new['view_cpu_s']:.1f} CPU-s, peak {old['view_rss_kb'] / 1024:.0f} -> "
+        f"{new['view_rss_kb'] / 1024:.0f} MiB"
+    )
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=("cpu", "memory", "resume", "workers"))
-    parser.add_argument("--base", help="cpu: a checkout of the code before this work")
+    parser.add_argument("what", choices=("cpu", "memory", "resume", "workers", "page"))
+    parser.add_argument("--base", help="cpu, page: a checkout of the code before this work")
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--small", type=int)
     parser.add_argument("--large", type=int)
     parser.add_argument("--source-n", type=int, default=1000)
     args = parser.parse_args(argv)
-    defaults = {"memory": (1000, 10000), "resume": (10000, 100000)}
+    defaults = {"memory": (1000, 10000), "resume": (10000, 100000), "page": (None, 10000)}
     small, large = defaults.get(args.what, (None, None))
     args.small, args.large = args.small or small, args.large or large
-    if args.what == "cpu" and not args.base:
-        parser.error("cpu needs --base (e.g. git worktree add /tmp/base 49665df)")
+    if args.what in ("cpu", "page") and not args.base:
+        parser.error(f"{args.what} needs --base (e.g. git worktree add /tmp/base 49665df)")
     with tempfile.TemporaryDirectory(prefix="boxgym-scale-") as tmp:
-        ok = {"cpu": bench_cpu, "memory": bench_memory, "resume": bench_resume}.get(
-            args.what, bench_workers
-        )(args, Path(tmp))
+        ok = {
+            "cpu": bench_cpu,
+            "memory": bench_memory,
+            "resume": bench_resume,
+            "page": bench_page,
+        }.get(args.what, bench_workers)(args, Path(tmp))
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 
