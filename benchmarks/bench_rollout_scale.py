@@ -224,20 +224,57 @@ def _page_files(run: Path) -> list[int]:
     return sorted(p.stat().st_size for p in pages.iterdir()) if pages.is_dir() else []
 
 
+def _chromium(browser: str, url: str, work: Path) -> tuple[float, str]:
+    """Wall seconds of headless Chromium loading `url`, running its script and dumping the DOM."""
+    shutil.rmtree(work / "profile", ignore_errors=True)
+    command = [
+        browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={work / 'profile'}", "--virtual-time-budget=60000", "--dump-dom", url,
+    ]  # fmt: skip
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=True)
+    return time.perf_counter() - start, done.stdout
+
+
+def _browser_load(
+    browser: str, runs: dict[str, Path], args: argparse.Namespace, work: Path
+) -> None:
+    """Each page opened at an episode in the middle of the run (`#task#0`): until its script
+    ran to the end and that episode's turns were built, browser start and DOM dump included."""
+    middle = json.loads((runs["new"] / "episodes.jsonl").read_text().splitlines()[args.large // 2])[
+        "key"
+    ]["task_id"]
+    blank, _ = _chromium(browser, "about:blank", work)
+    walls: dict[str, list[float]] = {"old": [], "new": []}
+    for _ in range(args.repeats):
+        for name, run in runs.items():
+            wall, dom = _chromium(browser, (run / "index.html").as_uri() + f"#{middle}%230", work)
+            if 'data-ready="1"' not in dom or "turn 1 · reward" not in dom:
+                raise RuntimeError(f"the {name} page did not open episode {middle}")
+            walls[name].append(wall)
+    old, new = statistics.median(walls["old"]), statistics.median(walls["new"])
+    print(
+        f"  headless Chromium, page opened at episode {middle}: {old:.1f} -> {new:.1f} wall-s "
+        f"(about:blank {blank:.1f} s; each run: old {' '.join(f'{w:.1f}' for w in walls['old'])}, "
+        f"new {' '.join(f'{w:.1f}' for w in walls['new'])})"
+    )
+
+
 def bench_page(args: argparse.Namespace, work: Path) -> bool:
     base = Path(args.base).resolve()
     source = work / "source"
     argv = ["episodes", "--scene", "all", "--policy", "oracle", "--no-progress"]
     run_child([*argv, "--n", str(args.source_n), "--out", str(source)], ROOT)
-    run = work / "run"
-    _scaled_run(source, run, args.large)
-    print(
-        f"  episodes.jsonl of n={args.large}: {(run / 'episodes.jsonl').stat().st_size / 1e6:.1f} MB"
-    )
+    runs = {"old": work / "old", "new": work / "new"}
+    _scaled_run(source, runs["old"], args.large)
+    shutil.copytree(runs["old"], runs["new"])
+    size = (runs["old"] / "episodes.jsonl").stat().st_size
+    print(f"  episodes.jsonl of n={args.large}: {size / 1e6:.1f} MB")
     results: dict[str, list[dict]] = {"old": [], "new": []}
     for r in range(args.repeats):
         for name, root in (("old", base), ("new", ROOT)):
-            shutil.rmtree(run / "pages", ignore_errors=True)
+            run = runs[name]
             env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
             done = subprocess.run(
                 [sys.executable, "-c", _WRITE_PAGE, str(run)],
@@ -256,15 +293,18 @@ def bench_page(args: argparse.Namespace, work: Path) -> bool:
                 flush=True,
             )
     row = {}
-    for name, runs in results.items():
+    for name, measured in results.items():
         row[name] = {
-            key: statistics.median(t[key] for t in runs)
+            key: statistics.median(t[key] for t in measured)
             for key in ("write_s", "index_s", "read_s", "view_cpu_s", "view_rss_kb")
         }
-        row[name]["index_bytes"] = runs[-1]["index_bytes"]
-        row[name]["pages"] = runs[-1]["pages"]
+        row[name]["index_bytes"] = measured[-1]["index_bytes"]
+        row[name]["pages"] = measured[-1]["pages"]
     old, new = row["old"], row["new"]
     pages = new["pages"]
+    browser = shutil.which("chromium")
+    if browser:
+        _browser_load(browser, runs, args, work)
     print(
         f"page: index.html {old['index_bytes'] / 1e6:.1f} MB -> {new['index_bytes'] / 1e6:.2f} MB "
         f"({new['index_bytes'] / args.large:.0f} bytes per episode, template and summary "
