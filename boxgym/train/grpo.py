@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +103,10 @@ def _trainer_class() -> type:
             finally:
                 grpo_module.parse_response = original
 
+        def _get_per_token_logps_and_entropies(self, *args: Any, **kwargs: Any) -> Any:
+            with lm_head_scores_completions_only():
+                return super()._get_per_token_logps_and_entropies(*args, **kwargs)
+
         def _generate_and_score_completions(self, inputs: Any) -> Any:
             output = super()._generate_and_score_completions(inputs)
             if self.over_turn_masking and self.environments:
@@ -134,6 +140,30 @@ def _trainer_class() -> type:
             super().log(logs, start_time)
 
     return BoxGymGRPOTrainer
+
+
+@contextmanager
+def lm_head_scores_completions_only() -> Iterator[None]:
+    """Make TRL 1.16's fused LM head score only the completion tokens on CPU too.
+
+    `add_fused_lm_head` (trl/trainer/utils.py) projects the hidden states onto the vocabulary
+    in chunks; on Triton devices it keeps only the positions with a label (`compact`), but
+    elsewhere it scores every position, prompt included, so that the tile shapes stay fixed
+    for compilers such as Neuron's. On CPU nothing is compiled, and a GRPO prompt of 1,700
+    tokens with 150 completion tokens then sends about 12x the needed rows through the
+    151,657-word head, forward and backward (most of a step's time here). The choice is read
+    from the module-level `_use_triton`; this swaps it for one that also answers yes on CPU for
+    the duration of the call. The kernels themselves check their own `_use_triton`
+    (trl/kernels/chunked_logprob.py), so they still run the torch fallback.
+    """
+    import trl.trainer.utils as trl_utils
+
+    original = trl_utils._use_triton
+    trl_utils._use_triton = lambda device: device.type == "cpu" or original(device)
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
 
 
 def over_turn_keep_mask(environments: list[Any]) -> Any:
