@@ -98,8 +98,13 @@ def add_run_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
         "--workers",
         type=int,
         default=1,
-        help="processes running episodes, for the scripted policies (default 1)",
+        help="processes running episodes (default 1). A scripted policy runs whole episodes in "
+        "each; a model policy (hf, vllm, openai) stays in this process and batches over every "
+        "live episode while the workers run the envs, recording and image storage",
     )
+    run.add_argument(
+        "--policy-in-parent", action="store_true", help=argparse.SUPPRESS
+    )  # scripted policies with --workers as a model policy runs (tests, benchmarks)
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--no-page", action="store_true", help="do not write index.html")
     run.add_argument(
@@ -422,11 +427,11 @@ def execute_run(
     workers = getattr(args, "workers", 1) or 1
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
-    if workers > 1 and args.policy not in SCRIPTED_POLICIES:
-        raise ValueError(
-            f"--workers runs the scripted policies ({', '.join(SCRIPTED_POLICIES)}) in several "
-            f"processes; the {args.policy!r} policy batches in one: drop --workers"
-        )
+    # A model policy (or a scripted one told so) stays here and the workers host the envs
+    # (`boxgym.rollouts.env_host`); a scripted policy otherwise runs in each worker.
+    env_workers = workers > 1 and (
+        args.policy not in SCRIPTED_POLICIES or getattr(args, "policy_in_parent", False)
+    )
     indices = shard.task_indices(len(tasks)) if shard else range(len(tasks))
     expected = len(indices) * args.group_size
     own_dir = shard.folder(out) if shard else out
@@ -438,9 +443,9 @@ def execute_run(
             prepare_run_dir(out, config, resume=args.resume, overwrite=args.overwrite)
         else:
             prepare_shard_dir(out, config, shard, resume=args.resume, overwrite=args.overwrite)
-        policy = make_policy(args.policy, **kwargs)
-        if args.policy_delay_s > 0:
-            policy = _DelayedPolicy(policy, args.policy_delay_s)
+        # With env workers the policy is built after they are forked: no model thread or GPU
+        # context is copied into them.
+        policy = None if env_workers else make_policy(args.policy, **kwargs)
         # Unsharded, the summary's columns fill as records go by: the stored ones while the
         # resume pass reads them, the new ones as they finish; the file is parsed once and no
         # record is kept. A shard's summary covers every shard, read after it ends.
@@ -454,7 +459,19 @@ def execute_run(
 
         skip_lines: list[int] = []
         try:
-            with EpisodeStore(out, episodes_dir=own_dir if shard else None) as store:
+            with (
+                EpisodeStore(out, episodes_dir=own_dir if shard else None) as store,
+                contextlib.ExitStack() as hosts,
+            ):
+                env_host = None
+                make_env = make_env_factory(env_config, zero_shot)
+                if env_workers:
+                    from boxgym.rollouts.env_host import ProcessEnvHost
+
+                    env_host = hosts.enter_context(ProcessEnvHost(workers, tasks, make_env, store))
+                    policy = make_policy(args.policy, **kwargs)
+                if args.policy_delay_s > 0:
+                    policy = _DelayedPolicy(policy, args.policy_delay_s)
                 if store.repaired_bytes:
                     print(
                         f"resume: cut a torn last line ({store.repaired_bytes} bytes) left by a "
@@ -471,13 +488,13 @@ def execute_run(
                     "on_episode": seen if columns is not None else None,
                     "on_stored": seen if columns is not None else None,
                 }
-                if workers > 1:
+                if workers > 1 and not env_workers:
                     from boxgym.rollouts.workers import run_in_workers
 
                     stats = run_in_workers(
                         tasks,
                         partial(make_policy, args.policy, **kwargs),
-                        make_env_factory(env_config, zero_shot),
+                        make_env,
                         store,
                         workers=workers,
                         **common,
@@ -486,9 +503,10 @@ def execute_run(
                     stats = run_rollouts(
                         tasks,
                         policy,
-                        make_env_factory(env_config, zero_shot),
+                        make_env,
                         store,
                         batch_size=args.batch_size,
+                        env_host=env_host,
                         **common,
                     )
                 skip_lines = store.skip_lines

@@ -7,6 +7,11 @@ are in flight (each holds its images); a finished episode's slot goes to the nex
 next turn, so batches stay full. Groups (the G samples of one task, as GRPO uses them) are
 consecutive keys, so they run side by side.
 
+The envs and the episode recorders live in an env host (`boxgym.rollouts.env_host`): in this
+process by default, or in worker processes (`ProcessEnvHost`, `--workers` with a model policy)
+that send back only each step's new messages, so the policy here still batches across every
+live episode while env work runs on several cores. The runner is the same code either way.
+
 Seeds: sample s of task i gets `derive_seed(run_seed, i, s)` for its env reset and its scripted
 policy randomness, so any subset of keys (a resumed run, a shard's share of the tasks, a
 different batch size) reproduces the same episodes.
@@ -23,7 +28,6 @@ import json
 import math
 import os
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,14 +38,12 @@ import numpy as np
 
 from boxgym.data.lazy_tasks import task_ids
 from boxgym.data.task import Task
-from boxgym.env.parsing import valid_unicode
 from boxgym.policies.base import Policy
 from boxgym.policies.scripted import SeededTask
-from boxgym.rollouts.episode import EpisodeRecorder
+from boxgym.rollouts.env_host import RUNNER_TURN_GUARD, LocalEnvHost
 from boxgym.rollouts.store import EpisodeStore
 
-# A runaway guard: the env's own turn budget should always end an episode long before this.
-RUNNER_TURN_GUARD = 512
+__all__ = ["RUNNER_TURN_GUARD", "RunStats", "derive_seed", "pending_keys", "run_rollouts"]
 
 
 def derive_seed(run_seed: int, task_index: int, sample: int) -> int:
@@ -74,12 +76,12 @@ class RunStats:
 
 @dataclass
 class _LiveEpisode:
+    """An episode in flight as the policy's side sees it (its env lives in the host)."""
+
     task_index: int
     sample: int
     seed: int
     task: Task
-    env: Any
-    recorder: EpisodeRecorder
     conversation: list[dict[str, Any]]
     done: bool = False
     turns: int = 0
@@ -118,6 +120,7 @@ def run_rollouts(
     task_indices: Sequence[int] | None = None,
     on_stored: Callable[[dict[str, Any]], None] | None = None,
     keys: Sequence[tuple[int, int]] | None = None,
+    env_host: Any = None,
 ) -> RunStats:
     """Run every (task, sample) key not yet in `store` and append each finished episode.
 
@@ -141,6 +144,10 @@ def run_rollouts(
             pass that finds the done keys reads it.
         keys: run exactly these (task index, sample) keys instead of every key not in
             `store` (a worker process runs the keys its parent hands it).
+        env_host: where the envs run (`boxgym.rollouts.env_host`): None runs them here (a
+            `LocalEnvHost` over `tasks`, `make_env` and `store`); a `ProcessEnvHost` built on
+            the same tasks and store runs them in its worker processes while the policy stays
+            here (`make_env` is then unused). The caller closes a host it passes.
 
     Returns:
         The session's statistics.
@@ -158,7 +165,8 @@ def run_rollouts(
     else:
         keys, skipped = list(keys), 0
     stats = RunStats(skipped_done=skipped)
-    session = _Session(tasks, policy, make_env, store, seed, stats, run_info or {}, on_episode)
+    host = env_host if env_host is not None else LocalEnvHost(tasks, make_env, store)
+    session = _Session(policy, host, store, seed, stats, run_info or {}, on_episode)
     session.bar = _progress_bar(len(keys), progress)
     pending = deque(keys)
     live: list[_LiveEpisode] = []
@@ -167,9 +175,8 @@ def run_rollouts(
         while pending or live:
             # Top up: a finished episode's slot goes to the next key, so batches stay full.
             while pending and len(live) < capacity:
-                episode = session.start(*pending.popleft())
-                if episode is not None:
-                    live.append(episode)
+                wanted = min(capacity - len(live), len(pending))
+                live.extend(session.start([pending.popleft() for _ in range(wanted)]))
             if live:
                 session.turn(live, batch_size)
                 live = [ep for ep in live if not ep.done]
@@ -177,6 +184,8 @@ def run_rollouts(
         stats.wall_s = time.perf_counter() - session.started
         if session.bar is not None:
             session.bar.close()
+        if env_host is None:
+            host.close()
         store.flush_images()
     return stats
 
@@ -186,52 +195,38 @@ class _Session:
 
     def __init__(
         self,
-        tasks: Sequence[Task],
         policy: Policy,
-        make_env: Callable[[], Any],
+        host: Any,
         store: EpisodeStore,
         run_seed: int,
         stats: RunStats,
         run_info: dict[str, Any],
         on_episode: Callable[[dict[str, Any]], None] | None,
     ) -> None:
-        self.tasks, self.policy, self.make_env, self.store = tasks, policy, make_env, store
+        self.policy, self.host, self.store = policy, host, store
         self.run_seed, self.stats, self.run_info, self.on_episode = (
             run_seed,
             stats,
             run_info,
             on_episode,
         )
-        self.tools: list[dict[str, Any]] = []
         self.bar: Any = None
         self.started = time.perf_counter()
 
-    def start(self, task_index: int, sample: int) -> _LiveEpisode | None:
-        """Reset a fresh env for one key; None when the env refused the task (recorded)."""
-        stats = self.stats
-        t0 = time.perf_counter()
-        task = self.tasks[task_index]
-        ep_seed = derive_seed(self.run_seed, task_index, sample)
-        env = self.make_env()
-        recorder = EpisodeRecorder(self.store, task, task_index, sample, ep_seed, self.run_info)
-        try:
-            messages, _info = env.reset(seed=ep_seed, options={"task": task})
-        except Exception as exc:  # a task the env cannot take: record it, keep the run going
-            recorder.fail("env_error", _describe(exc))
-            recorder.timing["env_s"] += time.perf_counter() - t0
-            stats.env_s += time.perf_counter() - t0
-            self.finish(recorder)
-            return None
-        if not self.tools:  # every env of a run has the same tools: copy their schemas once
-            self.tools = list(getattr(env, "tool_schemas", self.tools))
-        t1 = time.perf_counter()
-        recorder.set_prompt(messages)
-        t2 = time.perf_counter()
-        recorder.timing["env_s"] += t1 - t0
-        recorder.timing["record_s"] += t2 - t1
-        stats.env_s += t1 - t0
-        stats.record_s += t2 - t1
-        return _LiveEpisode(task_index, sample, ep_seed, task, env, recorder, list(messages))
+    def start(self, keys: list[tuple[int, int]]) -> list[_LiveEpisode]:
+        """Start these keys on the host; the episodes the env refused are stored at once."""
+        seeds = [derive_seed(self.run_seed, index, sample) for index, sample in keys]
+        updates = self.host.start(
+            [(index, sample, seed) for (index, sample), seed in zip(keys, seeds)], self.run_info
+        )
+        live = []
+        for (index, sample), seed, update in zip(keys, seeds, updates):
+            self._count(update)
+            if update.done:
+                self.finish(update.record)
+            else:
+                live.append(_LiveEpisode(index, sample, seed, update.task, list(update.messages)))
+        return live
 
     def turn(self, live: list[_LiveEpisode], batch_size: int | None) -> None:
         """One lockstep turn: one `act` call per chunk of live episodes, then every env step."""
@@ -244,7 +239,7 @@ class _Session:
             try:
                 texts = self.policy.act(
                     [ep.conversation for ep in chunk],
-                    self.tools,
+                    self.host.tools,
                     [SeededTask(ep.task, ep.seed) for ep in chunk],
                 )
             except Exception as error:
@@ -259,22 +254,31 @@ class _Session:
                     f"policy {getattr(self.policy, 'name', self.policy)!r} returned {len(texts)} "
                     f"texts for {len(chunk)} conversations"
                 )
-            for ep, text in zip(chunk, texts):
-                ep.recorder.timing["policy_s"] += spent / len(chunk)
-                ep.turns += 1
-                _step(ep, text, ep.turns, stats)
-                stats.turns += 1
+            self._step(list(zip(chunk, texts)), spent / len(chunk))
+            stats.turns += len(chunk)
             # Store this chunk's finished episodes now: a policy failure on a later chunk
             # (a server that dies mid-turn) must not take them with it.
-            for ep in chunk:
-                if ep.done:
-                    self.finish(ep.recorder, sync=False)
-                    ep.env.close()
             self.store.sync()  # one fsync for the episodes of this chunk that ended this turn
         if self.bar is not None:
             # episodes end together at a turn: tqdm skips redraws within `mininterval`, so
             # without this the bar would show the first of them until the next turn's ends
             self.bar.refresh()
+
+    def _step(self, answered: list[tuple[_LiveEpisode, Any]], policy_share: float) -> None:
+        """Step each episode with its text on the host; add the deltas, store the ended ones."""
+        for ep, _ in answered:
+            ep.turns += 1
+        moves = [((ep.task_index, ep.sample), text, policy_share) for ep, text in answered]
+        for (ep, _), update in zip(answered, self.host.step(moves)):
+            self._count(update)
+            ep.conversation.extend(update.messages)
+            if update.done:
+                ep.done = True
+                self.finish(update.record, sync=False)
+
+    def _count(self, update: Any) -> None:
+        self.stats.env_s += update.env_s
+        self.stats.record_s += update.record_s
 
     def show_progress(self, live: list[_LiveEpisode]) -> None:
         """The bar's postfix: the turn the live episodes are on, how many, tokens/s, reward.
@@ -299,20 +303,19 @@ class _Session:
 
     def _keep_answered(self, chunk: list[_LiveEpisode], partial: dict[int, Any]) -> None:
         """After a failed `act`: step the conversations it answered; store those that ended."""
-        for index, text in sorted(partial.items()):
-            if 0 <= index < len(chunk) and not chunk[index].done:
-                ep = chunk[index]
-                ep.turns += 1
-                _step(ep, text, ep.turns, self.stats)
-                if ep.done:
-                    self.finish(ep.recorder)
-                    ep.env.close()
+        answered = [
+            (chunk[index], text)
+            for index, text in sorted(partial.items())
+            if 0 <= index < len(chunk) and not chunk[index].done
+        ]
+        if answered:
+            self._step(answered, 0.0)
+            self.store.sync()
 
-    def finish(self, recorder: EpisodeRecorder, sync: bool = True) -> None:
+    def finish(self, record: dict[str, Any], sync: bool = True) -> None:
         """Store a finished episode and update the counters and the progress bar."""
         stats = self.stats
         t0 = time.perf_counter()
-        record = recorder.record()
         self.store.append(record, sync=sync)
         stats.store_s += time.perf_counter() - t0
         stats.episodes += 1
@@ -324,40 +327,6 @@ class _Session:
             self.bar.update(1)
         if self.on_episode is not None:
             self.on_episode(record)
-
-
-def _step(ep: _LiveEpisode, text: Any, turn: int, stats: RunStats) -> None:
-    t0 = time.perf_counter()
-    if not isinstance(text, str):
-        text = "" if text is None else str(text)
-    text = valid_unicode(text)  # a lone surrogate could not be stored as UTF-8
-    try:
-        new_messages, reward, terminated, truncated, info = ep.env.step(text)
-    except Exception as exc:
-        t1 = time.perf_counter()
-        ep.recorder.add_turn(text, [], 0.0, {})
-        ep.recorder.fail("env_error", _describe(exc))
-        ep.done = True
-    else:
-        t1 = time.perf_counter()
-        ep.conversation.extend(new_messages)
-        ep.recorder.add_turn(text, new_messages, float(reward), info)
-        if terminated or truncated:
-            ep.recorder.finish(bool(terminated), bool(truncated), info)
-            ep.done = True
-        elif turn >= RUNNER_TURN_GUARD:
-            ep.recorder.fail("runner_turn_guard", f"no end after {turn} turns")
-            ep.done = True
-    t2 = time.perf_counter()
-    ep.recorder.timing["env_s"] += t1 - t0
-    ep.recorder.timing["record_s"] += t2 - t1
-    stats.env_s += t1 - t0
-    stats.record_s += t2 - t1
-
-
-def _describe(exc: BaseException) -> str:
-    tail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-3:])
-    return f"{type(exc).__name__}: {exc}\n{tail}"[:4000]
 
 
 def _progress_bar(total: int, enabled: bool) -> Any:
