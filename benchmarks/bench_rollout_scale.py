@@ -12,12 +12,18 @@ Acceptance (issue 12), each measured as a ratio of runs made side by side on one
     page     the run page of a finished 10,000-episode run: `index.html` size, page files and the
              time to write them, against the code before paging (a checkout given by --base:
              one `index.html` holding every episode); reported, no target.
+    env-workers  a policy in the parent process over envs in 0 (the runner's own process), 1
+             and 2 env worker processes (`boxgym.rollouts.env_host`), as `--workers` runs a
+             model policy. The policy is the oracle's text replayed in the parent, which also
+             reads every new image's pixels once as a model's processor does: a cheap policy,
+             so the env side is the bottleneck. Reported, no target (the episodes must be equal).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_rollout_scale.py cpu --base /tmp/base --repeats 3
     OMP_NUM_THREADS=1 python benchmarks/bench_rollout_scale.py memory
     OMP_NUM_THREADS=1 python benchmarks/bench_rollout_scale.py resume --source-n 1000
     OMP_NUM_THREADS=1 python benchmarks/bench_rollout_scale.py workers --n 400
     OMP_NUM_THREADS=1 python benchmarks/bench_rollout_scale.py page --base /tmp/base --source-n 200
+    OMP_NUM_THREADS=1 python benchmarks/bench_rollout_scale.py env-workers --n 400
 
 Every command runs as a child process; CPU time is the child's user+system time (children of
 the child included), peak memory its `ru_maxrss`. Old and new runs alternate and the report
@@ -318,9 +324,102 @@ def bench_page(args: argparse.Namespace, work: Path) -> bool:
     return True
 
 
+class ReplayPolicy:
+    """The oracle's text, replayed by a policy in the parent that, like a model, reads the pixels
+    of every image it is shown (once: a model's processor caches nothing cheaper than that)."""
+
+    name = "oracle"
+
+    def __init__(self) -> None:
+        import weakref
+
+        from boxgym.policies.scripted import OraclePolicy
+
+        self.inner = OraclePolicy()
+        self.seen: dict[int, weakref.ref] = {}  # id -> the image (PIL images are unhashable)
+        self._ref = weakref.ref
+
+    def act(self, conversations, tools, tasks=None):
+        for conversation in conversations:
+            for message in conversation:
+                for block in message["content"]:
+                    if isinstance(block, dict) and block.get("type") == "image":
+                        image = block["image"]
+                        known = self.seen.get(id(image))
+                        if known is None or known() is not image:
+                            image.load()  # a deferred tool image makes its pixels here
+                            self.seen[id(image)] = self._ref(image)
+        return self.inner.act(conversations, tools, tasks)
+
+
+def env_child(args: argparse.Namespace) -> None:
+    """One env-workers run (in a child process): `args.workers` env workers, 0 for none."""
+    import contextlib
+
+    from boxgym.env import EnvConfig
+    from boxgym.rollouts.commands import make_env_factory, scene_tasks
+    from boxgym.rollouts.env_host import ProcessEnvHost
+    from boxgym.rollouts.runner import run_rollouts
+    from boxgym.rollouts.store import EpisodeStore
+
+    tasks = scene_tasks(["screens", "shapes", "clutter"], args.n, 0, "easy")
+    make_env = make_env_factory(EnvConfig())
+    with EpisodeStore(args.out) as store, contextlib.ExitStack() as stack:
+        host = None
+        if args.workers:
+            host = stack.enter_context(ProcessEnvHost(args.workers, tasks, make_env, store))
+        run_rollouts(
+            tasks, ReplayPolicy(), make_env, store, env_host=host, progress=False,
+            run_info={"policy": "oracle"},
+        )  # fmt: skip
+
+
+def bench_env_workers(args: argparse.Namespace, work: Path) -> bool:
+    counts = (0, 1, 2)
+    walls: dict[int, list[float]] = {w: [] for w in counts}
+    cpus: dict[int, list[float]] = {w: [] for w in counts}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    for r in range(args.repeats):
+        for workers in counts:
+            out = work / f"e{workers}"
+            shutil.rmtree(out, ignore_errors=True)
+            argv = [sys.executable, __file__, "_env-child", "--n", str(args.n)]
+            argv += ["--workers", str(workers), "--out", str(out)]
+            start = time.perf_counter()
+            proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE)
+            _, status, usage = os.wait4(proc.pid, 0)
+            wall = time.perf_counter() - start
+            if os.waitstatus_to_exitcode(status) != 0:
+                raise RuntimeError(f"{argv} failed: {proc.stderr.read().decode()[-2000:]}")
+            proc.stderr.close()
+            walls[workers].append(wall)
+            cpus[workers].append(usage.ru_utime + usage.ru_stime)
+            print(
+                f"  repeat {r} env workers={workers}: {wall:.1f} wall-s, "
+                f"{cpus[workers][-1]:.1f} CPU-s",
+                flush=True,
+            )
+    same = all(
+        same_episodes(work / "e0" / "episodes.jsonl", work / f"e{w}" / "episodes.jsonl")
+        for w in (1, 2)
+    )
+    rate = {w: args.n / statistics.median(walls[w]) for w in counts}
+    print(
+        f"env-workers: in-process {rate[0]:.1f} ep/s, 1 worker {rate[1]:.1f} ep/s, 2 workers "
+        f"{rate[2]:.1f} ep/s; 2 workers / 1 worker {rate[2] / rate[1]:.2f}, 2 workers / "
+        f"in-process {rate[2] / rate[0]:.2f}; episodes identical apart from timing: {same}"
+    )
+    return same
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=("cpu", "memory", "resume", "workers", "page"))
+    parser.add_argument(
+        "what",
+        choices=("cpu", "memory", "resume", "workers", "page", "env-workers", "_env-child"),
+    )
+    parser.add_argument("--workers", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--base", help="cpu, page: a checkout of the code before this work")
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
@@ -333,12 +432,16 @@ def main(argv: list[str] | None = None) -> int:
     args.small, args.large = args.small or small, args.large or large
     if args.what in ("cpu", "page") and not args.base:
         parser.error(f"{args.what} needs --base (e.g. git worktree add /tmp/base 49665df)")
+    if args.what == "_env-child":
+        env_child(args)
+        return 0
     with tempfile.TemporaryDirectory(prefix="boxgym-scale-") as tmp:
         ok = {
             "cpu": bench_cpu,
             "memory": bench_memory,
             "resume": bench_resume,
             "page": bench_page,
+            "env-workers": bench_env_workers,
         }.get(args.what, bench_workers)(args, Path(tmp))
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1

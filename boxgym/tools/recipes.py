@@ -57,16 +57,29 @@ def with_recipe(
     return image
 
 
-def render_recipe(original: Image.Image, recipe: dict[str, Any]) -> Image.Image:
-    """The image a recipe describes, rebuilt from its original: the Toolbox's exact pixels."""
-    array = to_rgb_array(original)
+def render_recipe(
+    original: Image.Image,
+    recipe: dict[str, Any],
+    views: dict[tuple[int, int], Image.Image] | None = None,
+) -> Image.Image:
+    """The image a recipe describes, rebuilt from its original: the Toolbox's exact pixels.
+
+    `views` (a dict the caller keeps per original) caches the unmarked whole-image view at each
+    size, so rebuilding many marked views of one original resizes it once.
+    """
     width, height = recipe["size"]
     region = recipe.get("region")
     if region is None:
-        image = Image.fromarray(resize_array(array, (width, height)))
+        view = views.get((width, height)) if views is not None else None
+        if view is None:
+            view = Image.fromarray(resize_array(to_rgb_array(original), (width, height)))
+            if views is not None:
+                views[(width, height)] = view
+        image = view.copy()
         x1, y1 = 0.0, 0.0
-        sx, sy = width / array.shape[1], height / array.shape[0]
+        sx, sy = width / original.size[0], height / original.size[1]
     else:
+        array = to_rgb_array(original)
         x1, y1, x2, y2 = region
         image = Image.fromarray(crop_array(array, (x1, y1, x2, y2), (width, height)))
         sx, sy = width / (x2 - x1), height / (y2 - y1)

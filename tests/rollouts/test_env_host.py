@@ -3,6 +3,7 @@ process stores; a worker that dies is one line and exit 2, and the run resumes; 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -16,10 +17,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from boxgym.env import BoxGymEnv
+from boxgym.env import EnvConfig
 from boxgym.policies.scripted import NoisyPolicy
 from boxgym.rollouts.commands import main as run_verbs
-from boxgym.rollouts.commands import scene_tasks
+from boxgym.rollouts.commands import make_env_factory, scene_tasks
 from boxgym.rollouts.env_host import ProcessEnvHost
 from boxgym.rollouts.runner import run_rollouts
 from boxgym.rollouts.store import EpisodeStore
@@ -49,6 +50,7 @@ class ParentOnlyPolicy:
         self.pid = os.getpid()
         self.batches: list[int] = []
         self.images = 0
+        self.pixels = hashlib.sha256()  # of every image shown, in order
 
     def act(self, conversations, tools, tasks=None):
         assert os.getpid() == self.pid
@@ -58,7 +60,7 @@ class ParentOnlyPolicy:
                 for block in message["content"]:
                     if isinstance(block, dict) and block.get("type") == "image":
                         assert isinstance(block["image"], Image.Image)
-                        block["image"].load()
+                        self.pixels.update(block["image"].tobytes())
                         self.images += 1
         return self.inner.act(conversations, tools, tasks)
 
@@ -68,17 +70,18 @@ def test_env_workers_store_the_episodes_one_process_stores(tmp_path) -> None:
         ["screens", "shapes", "clutter"], 5, 2, "easy"
     )  # lambdas: forked, not pickled
     options = {"group_size": 2, "seed": 7, "max_live": 6, "progress": False}
+    make_env = make_env_factory(EnvConfig(draw_box_returns="both"))  # marked views and crops
     alone = ParentOnlyPolicy()
     with pytest.raises(TypeError):
         pickle.dumps(alone)
     with EpisodeStore(tmp_path / "one") as store:
-        run_rollouts(tasks, alone, BoxGymEnv, store, **options)
+        run_rollouts(tasks, alone, make_env, store, **options)
     spread = ParentOnlyPolicy()
     with (
         EpisodeStore(tmp_path / "two") as store,
-        ProcessEnvHost(2, tasks, BoxGymEnv, store) as host,
+        ProcessEnvHost(2, tasks, make_env, store) as host,
     ):
-        stats = run_rollouts(tasks, spread, BoxGymEnv, store, env_host=host, **options)
+        stats = run_rollouts(tasks, spread, make_env, store, env_host=host, **options)
         workers = host.pids()
     assert stats.episodes == 10 and stats.env_s > 0
     assert host.started[0] > 0 and host.started[1] > 0 and sum(host.started) == 10
@@ -86,6 +89,7 @@ def test_env_workers_store_the_episodes_one_process_stores(tmp_path) -> None:
     # One batched call per turn over every live episode, whichever process holds the envs.
     assert spread.batches == alone.batches and max(spread.batches) == 6
     assert spread.images == alone.images > 0
+    assert spread.pixels.digest() == alone.pixels.digest()  # images rebuilt from their recipes
     one, two = (
         by_key(tmp_path / "one" / "episodes.jsonl"),
         by_key(tmp_path / "two" / "episodes.jsonl"),
