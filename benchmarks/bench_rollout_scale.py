@@ -14,9 +14,11 @@ Acceptance (issue 12), each measured as a ratio of runs made side by side on one
              one `index.html` holding every episode); reported, no target.
     env-workers  a policy in the parent process over envs in 0 (the runner's own process), 1
              and 2 env worker processes (`boxgym.rollouts.env_host`), as `--workers` runs a
-             model policy. The policy is the oracle's text replayed in the parent, which also
-             reads every new image's pixels once as a model's processor does: a cheap policy,
-             so the env side is the bottleneck. Reported, no target (the episodes must be equal).
+             model policy. The policy is the oracle's text replayed in the parent: a cheap
+             policy, so the env side is the bottleneck. With --read-images it also reads every
+             image's pixels once, as a model's processor does (the images are then made in the
+             parent from their recipes; --images pixels makes them in the workers and sends
+             the pixels instead). Reported, no target (the episodes must be equal).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_rollout_scale.py cpu --base /tmp/base --repeats 3
     OMP_NUM_THREADS=1 python benchmarks/bench_rollout_scale.py memory
@@ -325,22 +327,23 @@ def bench_page(args: argparse.Namespace, work: Path) -> bool:
 
 
 class ReplayPolicy:
-    """The oracle's text, replayed by a policy in the parent that, like a model, reads the pixels
-    of every image it is shown (once: a model's processor caches nothing cheaper than that)."""
+    """The oracle's text, replayed by a policy in the parent; with `read_images` it also reads
+    the pixels of every image it is shown, once, as a model's processor does."""
 
     name = "oracle"
 
-    def __init__(self) -> None:
+    def __init__(self, read_images: bool = False) -> None:
         import weakref
 
         from boxgym.policies.scripted import OraclePolicy
 
         self.inner = OraclePolicy()
+        self.read_images = read_images
         self.seen: dict[int, weakref.ref] = {}  # id -> the image (PIL images are unhashable)
         self._ref = weakref.ref
 
     def act(self, conversations, tools, tasks=None):
-        for conversation in conversations:
+        for conversation in conversations if self.read_images else ():
             for message in conversation:
                 for block in message["content"]:
                     if isinstance(block, dict) and block.get("type") == "image":
@@ -362,16 +365,22 @@ def env_child(args: argparse.Namespace) -> None:
     from boxgym.rollouts.runner import run_rollouts
     from boxgym.rollouts.store import EpisodeStore
 
-    tasks = scene_tasks(["screens", "shapes", "clutter"], args.n, 0, "easy")
+    tasks = scene_tasks(["screens", "shapes", "clutter"], args.n, 0, args.difficulty)
     make_env = make_env_factory(EnvConfig())
     with EpisodeStore(args.out) as store, contextlib.ExitStack() as stack:
         host = None
         if args.workers:
-            host = stack.enter_context(ProcessEnvHost(args.workers, tasks, make_env, store))
-        run_rollouts(
-            tasks, ReplayPolicy(), make_env, store, env_host=host, progress=False,
+            host = stack.enter_context(
+                ProcessEnvHost(args.workers, tasks, make_env, store, images=args.images)
+            )
+        stats = run_rollouts(
+            tasks, ReplayPolicy(args.read_images), make_env, store, env_host=host, progress=False,
             run_info={"policy": "oracle"},
         )  # fmt: skip
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({**stats.as_json(), "parent_cpu_s": own.ru_utime + own.ru_stime}))
 
 
 def bench_env_workers(args: argparse.Namespace, work: Path) -> bool:
@@ -384,19 +393,26 @@ def bench_env_workers(args: argparse.Namespace, work: Path) -> bool:
             out = work / f"e{workers}"
             shutil.rmtree(out, ignore_errors=True)
             argv = [sys.executable, __file__, "_env-child", "--n", str(args.n)]
-            argv += ["--workers", str(workers), "--out", str(out)]
+            argv += ["--workers", str(workers), "--out", str(out), "--difficulty", args.difficulty]
+            argv += ["--images", args.images] + (["--read-images"] if args.read_images else [])
             start = time.perf_counter()
-            proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE)
+            proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            stats = json.loads(proc.stdout.read().decode().strip().splitlines()[-1] or "{}")
             _, status, usage = os.wait4(proc.pid, 0)
             wall = time.perf_counter() - start
             if os.waitstatus_to_exitcode(status) != 0:
                 raise RuntimeError(f"{argv} failed: {proc.stderr.read().decode()[-2000:]}")
+            proc.stdout.close()
             proc.stderr.close()
             walls[workers].append(wall)
             cpus[workers].append(usage.ru_utime + usage.ru_stime)
             print(
                 f"  repeat {r} env workers={workers}: {wall:.1f} wall-s, "
-                f"{cpus[workers][-1]:.1f} CPU-s",
+                f"{cpus[workers][-1]:.1f} CPU-s (all processes; the parent's "
+                f"{stats['parent_cpu_s']:.1f}); run {stats['wall_s']:.1f} s: "
+                f"policy {stats['policy_s']:.1f} s (reading images included), env "
+                f"{stats['env_s']:.1f} s + record {stats['record_s']:.1f} s (summed over "
+                f"workers), store {stats['store_s']:.1f} s",
                 flush=True,
             )
     same = all(
@@ -417,6 +433,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "what",
         choices=("cpu", "memory", "resume", "workers", "page", "env-workers", "_env-child"),
+    )
+    parser.add_argument("--difficulty", default="easy", help="env-workers: scene difficulty")
+    parser.add_argument(
+        "--images", default="recipes", choices=("recipes", "pixels"), help="env-workers: transport"
+    )
+    parser.add_argument(
+        "--read-images", action="store_true", help="env-workers: the policy reads every image"
     )
     parser.add_argument("--workers", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)

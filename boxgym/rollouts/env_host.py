@@ -238,7 +238,10 @@ class ProcessEnvHost:
         tasks: Sequence[Task],
         make_env: Callable[[], Any],
         store: EpisodeStore,
+        images: str = "recipes",
     ) -> None:
+        if images not in ("recipes", "pixels"):
+            raise ValueError(f"images must be 'recipes' or 'pixels', got {images!r}")
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         if "fork" not in multiprocessing.get_all_start_methods():
@@ -249,6 +252,7 @@ class ProcessEnvHost:
             str(store.out_dir),
             None if own_dir == Path(store.out_dir) else str(own_dir),
             store.image_format,
+            images,
         )
         self.tools: list[dict[str, Any]] = []
         self._conns: list[Connection] = []
@@ -395,7 +399,7 @@ def _serve(
     inherited: list[Connection],
     tasks: Sequence[Task],
     make_env: Callable[[], Any],
-    layout: tuple[str, str | None, str],
+    layout: tuple[str, str | None, str, str],
 ) -> None:
     """A worker's loop: answer start/step requests from its `LocalEnvHost` until told to close
     or until the parent goes away."""
@@ -405,7 +409,7 @@ def _serve(
     for other in inherited:
         other.close()
     parent = os.getppid()
-    out_dir, episodes_dir, image_format = layout
+    out_dir, episodes_dir, image_format, images = layout
     store = EpisodeStore(
         out_dir, episodes_dir=episodes_dir, image_format=image_format, collect=True
     )
@@ -429,7 +433,7 @@ def _serve(
                     updates = host.step(payload)
                 if any(u.record is not None for u in updates):
                     store.flush_images()  # the images are on disk before the parent writes lines
-                for update in updates:
+                for update in updates if images == "recipes" else ():
                     if update.task is not None:
                         images_of[update.key] = len(update.task.images)
                     count = images_of.get(update.key, 0)
