@@ -372,10 +372,15 @@ class ProcessEnvHost:
         )
 
     def close(self) -> None:
-        """Stop every worker: ask, wait a little, then terminate what is left."""
+        """Stop every worker: ask, wait a little, then terminate what is left.
+
+        The parent's ends are closed right after asking, so a worker still sending a reply
+        nobody will read (a run stopped mid-turn) gets a broken pipe and leaves too.
+        """
         for conn in self._conns:
             with contextlib.suppress(Exception):
                 conn.send(("close", None))
+            conn.close()
         deadline = time.monotonic() + 5
         for process in self._processes:
             process.join(timeout=max(0.0, deadline - time.monotonic()))
@@ -383,8 +388,6 @@ class ProcessEnvHost:
             if process.is_alive():
                 process.terminate()
                 process.join(timeout=5)
-        for conn in self._conns:
-            conn.close()
         self._conns, self._processes = [], []
 
     def __enter__(self) -> ProcessEnvHost:
