@@ -228,6 +228,9 @@ class ProcessEnvHost:
         make_env: builds a fresh env in a worker.
         store: the runner's store: the workers write images into its run directory (in its
             image format), keeping their temporary files where it keeps its own.
+        images: how the images of the deltas travel: "recipes" (the parent makes each one
+            when it is read) or "pixels" (made in the worker and sent; it cost 3x the CPU on
+            this machine, docs/benchmarks.md, and is kept for that comparison).
 
     Use it as a context manager (or call `close`): closing stops every worker.
     """

@@ -199,3 +199,22 @@ def test_stopping_the_parent_leaves_no_worker_behind(tmp_path, how) -> None:
         assert err.strip().splitlines()[-1] == "interrupted"
     assert run_verbs([*RUN, "--out", str(out), "--resume"]) == 0
     assert len(by_key(out / "episodes.jsonl")) == 12
+
+
+def test_shards_over_env_workers_store_the_one_process_episodes(tmp_path) -> None:
+    from boxgym.rollouts.shards import read_run
+
+    args = [*RUN[:3], *RUN[6:]]
+    assert run_verbs([*args, "--out", str(tmp_path / "one")]) == 0
+    for shard in ("0/2", "1/2"):
+        argv = [*RUN, "--out", str(tmp_path / "sharded"), "--shard", shard]
+        assert run_verbs(argv) == 0
+    union = {
+        (r["key"]["task_id"], r["key"]["sample"]): {**r, "timing": None, "run": None}
+        for r in read_run(tmp_path / "sharded").episodes
+    }
+    one = by_key(tmp_path / "one" / "episodes.jsonl")
+    assert union == {key: {**r, "timing": None, "run": None} for key, r in one.items()}
+    assert not list((tmp_path / "sharded" / "shards").glob("*/.tmp-*"))
+    images = lambda run: sorted(p.name for p in (tmp_path / run / "images").iterdir())  # noqa: E731
+    assert images("sharded") == images("one")
