@@ -20,6 +20,8 @@ Time is split into the policy's share (the batched `act` calls, apportioned equa
 episodes of a chunk) and everything outside it: `env_s` (env resets and steps, with rendering),
 `record_s` (building records: hashing images, queueing PNG writes) and `store_s` (waiting for an
 episode's PNGs, writing and fsyncing its line). The session's totals go to `timing.json`.
+With env workers, `env_s` and `record_s` are the workers' times summed (they overlap each other,
+so they may exceed the wall time) and `store_s` is the parent's appends.
 """
 
 from __future__ import annotations
