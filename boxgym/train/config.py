@@ -125,6 +125,15 @@ class LoraSection:
             "a frozen random 64-wide head, LoRA alone cannot raise any token's logit far."
         },
     )
+    train_saved_modules: bool = field(
+        default=True,
+        metadata={
+            "help": "Train the modules_to_save copies too. false freezes them (only the LoRA "
+            "matrices train), e.g. GRPO continuing an SFT adapter whose untied head copy should "
+            "stay as SFT left it: Adam moves every row of a 151,657-word head by about the "
+            "learning rate at each step, however small that row's gradient."
+        },
+    )
     qlora: bool = field(
         default=False,
         metadata={

@@ -107,13 +107,20 @@ def attach_adapter(model: Any, lora: LoraSection, init_adapter: str | None = Non
                 f"init_adapter {init_adapter!r} has no adapter_config.json: point it at a saved "
                 "adapter, e.g. <sft output_dir>/adapter"
             )
-        return PeftModel.from_pretrained(model, str(path), is_trainable=True)
-    try:
-        return get_peft_model(model, lora.to_peft())
-    except ValueError as error:
-        raise ValueError(
-            f"lora.target_modules {lora.target_modules!r} matched no module of the model: {error}"
-        ) from error
+        peft_model = PeftModel.from_pretrained(model, str(path), is_trainable=True)
+    else:
+        try:
+            peft_model = get_peft_model(model, lora.to_peft())
+        except ValueError as error:
+            raise ValueError(
+                f"lora.target_modules {lora.target_modules!r} matched no module of the model: "
+                f"{error}"
+            ) from error
+    if not lora.train_saved_modules:
+        for name, param in peft_model.named_parameters():
+            if ".modules_to_save." in name:
+                param.requires_grad_(False)
+    return peft_model
 
 
 def lora_parameters(model: Any) -> dict[str, Any]:
