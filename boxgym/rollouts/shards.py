@@ -99,8 +99,8 @@ class RunReader:
     shard's in shard order. No record is kept, only the keys seen.
 
     After a pass: `notes` (one line per file that had lines dropped, and for keys stored twice),
-    `stored` (episodes each shard's file holds) and `skip` (per file, the line numbers left
-    out), which `raw_lines` uses to copy the same episodes' lines without parsing them again.
+    `stored` (episodes each shard's file holds), `skip` (per file, the line numbers left
+    out) and `upto` (per file, the last line read), which `raw_lines` uses to copy the same episodes' lines without parsing them again.
     """
 
     def __init__(self, run_dir: str | Path) -> None:
@@ -109,6 +109,7 @@ class RunReader:
         self.notes: list[str] = []
         self.stored: dict[Shard, int] = {}
         self.skip: dict[Path, list[int]] = {}
+        self.upto: dict[Path, int] = {}
 
     def _files(self) -> list[tuple[str, Shard | None, Path]]:
         files: list[tuple[str, Shard | None, Path]] = [("", None, self.run_dir / EPISODES_FILE)]
@@ -119,7 +120,7 @@ class RunReader:
         return files
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        self.notes, self.stored, self.skip = [], {}, {}
+        self.notes, self.stored, self.skip, self.upto = [], {}, {}, {}
         seen: set[tuple[str, int]] = set()
         twice = 0
         for prefix, shard, path in self._files():
@@ -136,6 +137,7 @@ class RunReader:
                 seen.add(key)
                 yield record
             self.skip[path] = sorted([*skip, *reader.bad_lines])
+            self.upto[path] = reader.last_line
             if shard is not None:
                 self.stored[shard] = len(own)
             if reader.report():
@@ -144,9 +146,12 @@ class RunReader:
             self.notes.append(f"ignored {twice} episode(s) stored twice")
 
     def raw_lines(self) -> Iterator[str]:
-        """The stored text of the episodes the last pass yielded (after a pass)."""
+        """The stored text of the episodes the last pass yielded (after a pass): the same
+        lines, even when a shard still running has appended more since."""
         for _, _, path in self._files():
-            yield from EpisodeReader(path).raw_lines(self.skip.get(path, ()))
+            yield from EpisodeReader(path).raw_lines(
+                self.skip.get(path, ()), self.upto.get(path, 0)
+            )
 
     def report(self) -> str:
         """One line for the user: what the last pass dropped, or an empty string."""

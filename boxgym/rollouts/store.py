@@ -186,15 +186,20 @@ class EpisodeReader:
         self.path = path / EPISODES_FILE if path.is_dir() else path
         self.torn_tail = False
         self.bad_lines: list[int] = []
+        self.last_line = 0  # the number of the last complete line the latest read reached
 
-    def _numbered_lines(self) -> Iterator[tuple[int, bytes]]:
+    def _numbered_lines(self, upto: int | None = None) -> Iterator[tuple[int, bytes]]:
+        self.last_line = 0
         if not self.path.exists():
             return
         with open(self.path, "rb") as f:
             for number, raw in enumerate(f, start=1):
+                if upto is not None and number > upto:
+                    return
                 if not raw.endswith(b"\n"):
                     self.torn_tail = True  # the last line was cut off mid-write
                     return
+                self.last_line = number
                 if raw.strip():
                     yield number, raw
 
@@ -216,10 +221,12 @@ class EpisodeReader:
                 continue
             yield number, record
 
-    def raw_lines(self, skip: Iterable[int] = ()) -> Iterator[str]:
-        """The text of every complete line except the numbers in `skip`, newline stripped."""
+    def raw_lines(self, skip: Iterable[int] = (), upto: int | None = None) -> Iterator[str]:
+        """The text of every complete line except the numbers in `skip`, newline stripped;
+        with `upto`, only lines 1..upto (what an earlier pass read, when a shard still running
+        may have appended since)."""
         skipped = set(skip)
-        for number, raw in self._numbered_lines():
+        for number, raw in self._numbered_lines(upto):
             if number not in skipped:
                 yield raw.decode("utf-8").rstrip("\n")
 

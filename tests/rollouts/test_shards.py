@@ -146,6 +146,29 @@ def run_batch(argvs: list[list[str]]) -> list[subprocess.CompletedProcess]:
     return [subprocess.CompletedProcess(a, code, "", err) for a, (code, err) in zip(argvs, results)]
 
 
+def test_page_lines_are_the_pass_s_lines_while_a_shard_still_appends(tmp_path) -> None:
+    """The page copies the lines the summary pass read: a shard still running appends more
+    between the two reads (this made the two-shards test fail now and then)."""
+    from boxgym.rollouts.shards import RunReader
+
+    run = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "boxgym.rollouts.commands", *RUN, "--out", str(run),
+         "--shard", "0/2"],
+        env=ENV, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    reader = RunReader(run)
+    records = list(reader)
+    shard_file = Shard(0, 2).folder(run) / "episodes.jsonl"
+    lines = shard_file.read_bytes().splitlines(keepends=True)
+    with open(shard_file, "ab") as f:  # the shard "goes on": one more episode, and a torn one
+        f.write(lines[0].replace(b'"sample": 0', b'"sample": 7', 1) + lines[1][:10])
+    copied = list(reader.raw_lines())
+    assert len(copied) == len(records) > 0
+    assert [json.loads(line)["key"] for line in copied] == [r["key"] for r in records]
+
+
 def test_same_shard_twice_and_other_counts_are_refused(tmp_path) -> None:
     out = tmp_path / "run"
     slow = [*RUN, "--out", str(out), "--max-live", "1", "--policy-delay", "0.3"]
