@@ -12,6 +12,11 @@ Acceptance (issue 12), each measured as a ratio of runs made side by side on one
     page     the run page of a finished 10,000-episode run: `index.html` size, page files and the
              time to write them, against the code before paging (a checkout given by --base:
              one `index.html` holding every episode); reported, no target.
+    tasks-memory  peak RSS of `boxgym episodes --tasks FOLDER --policy oracle` over a folder of
+             synthetic photos (JPEG, `metadata.jsonl` with counts and boxes) at --n --small and
+             --large, for this checkout and the code before lazy dataset tasks (--base): before,
+             every photo was decoded before the run. Reported with CPU time; target: the large
+             run's peak within 1.3x of the small one's.
     env-workers  a policy in the parent process over envs in 0 (the runner's own process), 1
              and 2 env worker processes (`boxgym.rollouts.env_host`), as `--workers` runs a
              model policy. The policy is the oracle's text replayed in the parent: a cheap
@@ -26,6 +31,7 @@ Acceptance (issue 12), each measured as a ratio of runs made side by side on one
     OMP_NUM_THREADS=1 python benchmarks/bench_rollout_scale.py workers --n 400
     OMP_NUM_THREADS=1 python benchmarks/bench_rollout_scale.py page --base /tmp/base --source-n 200
     OMP_NUM_THREADS=1 python benchmarks/bench_rollout_scale.py env-workers --n 400
+    OMP_NUM_THREADS=1 python benchmarks/bench_rollout_scale.py tasks-memory --base /tmp/base
 
 Every command runs as a child process; CPU time is the child's user+system time (children of
 the child included), peak memory its `ru_maxrss`. Old and new runs alternate and the report
@@ -138,6 +144,68 @@ def bench_memory(args: argparse.Namespace, work: Path) -> bool:
     ratio = peaks[args.large] / peaks[args.small]
     print(f"memory: peak at n={args.large} / n={args.small} = {ratio:.2f} (<= 1.3)")
     return ratio <= 1.3
+
+
+def photo_folder(folder: Path, n: int, size: tuple[int, int] = (640, 480)) -> None:
+    """n synthetic JPEG photos (a gradient with 1-4 filled boxes) and their metadata.jsonl."""
+    import random
+
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    folder.mkdir(parents=True)
+    rng = random.Random(0)
+    width, height = size
+    ramp = np.linspace(0, 1, width, dtype=np.float32)[None, :, None]
+    lines = []
+    for i in range(n):
+        low, high = np.array([rng.randrange(256) for _ in range(6)], np.float32).reshape(2, 3)
+        pixels = np.broadcast_to(low + (high - low) * ramp, (height, width, 3)).astype(np.uint8)
+        image = Image.fromarray(pixels)
+        draw = ImageDraw.Draw(image)
+        boxes = []
+        for _ in range(rng.randint(1, 4)):
+            x1, y1 = rng.randrange(width - 80), rng.randrange(height - 80)
+            box = [x1, y1, x1 + rng.randint(20, 79), y1 + rng.randint(20, 79)]
+            draw.rectangle(box, fill=tuple(rng.randrange(256) for _ in range(3)))
+            boxes.append(box)
+        name = f"photo-{i:05d}.jpg"
+        image.save(folder / name, quality=90)
+        row = {"file_name": name, "object": "boxes", "boxes": boxes, "count": len(boxes)}
+        lines.append(json.dumps(row))
+    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def bench_tasks_memory(args: argparse.Namespace, work: Path) -> bool:
+    base = Path(args.base).resolve()
+    photos = work / "photos"
+    start = time.perf_counter()
+    photo_folder(photos, args.large)
+    print(f"  {args.large} photos of 640x480 written in {time.perf_counter() - start:.0f} s")
+    peaks: dict[tuple[str, int], int] = {}
+    for n in (args.small, args.large):
+        for name, root in (("old", base), ("new", ROOT)):
+            argv = ["episodes", "--tasks", str(photos), "--policy", "oracle", "--n", str(n)]
+            out = work / f"{name}{n}"
+            cpu, wall, rss = run_child([*argv, "--no-progress", "--out", str(out)], root)
+            peaks[name, n] = rss
+            print(
+                f"  {name} n={n}: peak {rss / 1024:.0f} MiB, {cpu:.1f} CPU-s, {wall:.0f} wall-s",
+                flush=True,
+            )
+        same = same_episodes(
+            work / f"old{n}" / "episodes.jsonl", work / f"new{n}" / "episodes.jsonl"
+        )
+        print(f"  n={n}: episodes identical apart from timing/storage: {same}", flush=True)
+        for name in ("old", "new"):
+            shutil.rmtree(work / f"{name}{n}")
+    ratios = {name: peaks[name, args.large] / peaks[name, args.small] for name in ("old", "new")}
+    print(
+        f"tasks-memory: peak at n={args.large} / n={args.small}: old {ratios['old']:.2f}, "
+        f"new {ratios['new']:.2f} (<= 1.3); new / old peak at n={args.large}: "
+        f"{peaks['new', args.large] / peaks['old', args.large]:.2f}"
+    )
+    return ratios["new"] <= 1.3 and same
 
 
 def _scaled_run(source: Path, target: Path, n: int) -> None:
@@ -432,7 +500,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "what",
-        choices=("cpu", "memory", "resume", "workers", "page", "env-workers", "_env-child"),
+        choices=(
+            "cpu",
+            "memory",
+            "resume",
+            "workers",
+            "page",
+            "env-workers",
+            "tasks-memory",
+            "_env-child",
+        ),
     )
     parser.add_argument("--difficulty", default="easy", help="env-workers: scene difficulty")
     parser.add_argument(
@@ -450,10 +527,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--large", type=int)
     parser.add_argument("--source-n", type=int, default=1000)
     args = parser.parse_args(argv)
-    defaults = {"memory": (1000, 10000), "resume": (10000, 100000), "page": (None, 10000)}
+    defaults = {
+        "memory": (1000, 10000),
+        "resume": (10000, 100000),
+        "page": (None, 10000),
+        "tasks-memory": (200, 2000),
+    }
     small, large = defaults.get(args.what, (None, None))
     args.small, args.large = args.small or small, args.large or large
-    if args.what in ("cpu", "page") and not args.base:
+    if args.what in ("cpu", "page", "tasks-memory") and not args.base:
         parser.error(f"{args.what} needs --base (e.g. git worktree add /tmp/base 49665df)")
     if args.what == "_env-child":
         env_child(args)
@@ -465,6 +547,7 @@ def main(argv: list[str] | None = None) -> int:
             "resume": bench_resume,
             "page": bench_page,
             "env-workers": bench_env_workers,
+            "tasks-memory": bench_tasks_memory,
         }.get(args.what, bench_workers)(args, Path(tmp))
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1

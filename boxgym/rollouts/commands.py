@@ -652,7 +652,7 @@ def run(args: argparse.Namespace) -> int:
     if args.tasks:
         if args.n is not None and args.n < 1:
             raise ValueError(f"--n must be >= 1, got {args.n}")
-        tasks = load_tasks_argument(args, limit=args.n)
+        tasks = load_tasks_argument(args, limit=args.n, lazy=True)  # decoded as episodes start
         return execute_run(args, tasks, tasks_spec(args, tasks))
     n = args.n if args.n is not None else (16 if args.verb == "episodes" else 64)
     scenes = parse_scenes(args.scene or "screens")

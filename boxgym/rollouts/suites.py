@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,21 +107,35 @@ def suite_tasks(
     data_path: str | None = None,
     split: str | None = None,
     limit: int | None = None,
-) -> tuple[list[Any], dict[str, Any]]:
-    """The suite's tasks and the spec recorded in run.json."""
+) -> tuple[Sequence[Any], dict[str, Any]]:
+    """The suite's tasks and the spec recorded in run.json.
+
+    Both kinds are a `LazyTasks`: a scene is drawn, a dataset row's images decoded, when its
+    first episode starts (a dataset's rows are read once first, to count bad rows).
+    """
     if suite.family is not None:
-        from boxgym.data.scenes import make_scene_task
+        from boxgym.data.lazy_tasks import LazyTasks
+        from boxgym.data.scenes import make_scene_task, scene_task_id
 
         n = suite.n if limit is None else min(limit, suite.n)
-        tasks = [
-            make_scene_task(suite.family, suite.seed_base + i, suite.difficulty) for i in range(n)
-        ]
+        family, base, difficulty = suite.family, suite.seed_base, suite.difficulty
+        tasks = LazyTasks(
+            n,
+            build=lambda i: make_scene_task(family, base + i, difficulty),
+            task_id=lambda i: scene_task_id(family, base + i, difficulty),
+            images_per_task=1,
+        )
         return tasks, {"kind": "suite", "suite": suite.name, "n": n}
     from boxgym.data.loaders import load_dataset_tasks
 
     chosen_split = split or suite.split
     result = load_dataset_tasks(
-        suite.dataset, path=data_path, split=chosen_split, limit=limit or suite.n, role="eval"
+        suite.dataset,
+        path=data_path,
+        split=chosen_split,
+        limit=limit or suite.n,
+        role="eval",
+        lazy=True,  # images decoded as episodes start, not all before the run
     )
     if result.skipped:
         print(
@@ -171,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
 
         if not args.out:
             raise UserError("give --out DIR for the run")
-        tasks = load_tasks_argument(args, limit=args.limit)
+        tasks = load_tasks_argument(args, limit=args.limit, lazy=True)
         title = f"boxgym eval: {args.tasks} ({args.policy})"
         return execute_run(args, tasks, tasks_spec(args, tasks), title=title)
     if not args.suite:

@@ -378,3 +378,24 @@ def test_a_hub_id_as_path_takes_the_hub_code_path(monkeypatch, copies, tmp_path)
     (tmp_path / "someone" / "copy").mkdir(parents=True)
     assert not is_hub_id("someone/copy") and is_hub_id("pingzhili/nlvr2")
     assert not is_hub_id("/abs/path") and not is_hub_id("./rel/x") and not is_hub_id("a/b/c")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_lazy_tasks_equal_the_eager_ones_and_decode_on_access(copies, monkeypatch, name):
+    from PIL import Image
+
+    path = copies[name, "parquet"]
+    eager = load_dataset_tasks(name, path=path, split="validation", limit=5)
+    decoded = []
+    real = Image.open
+    monkeypatch.setattr(Image, "open", lambda *a, **k: decoded.append(1) or real(*a, **k))
+    lazy = load_dataset_tasks(name, path=path, split="validation", limit=5, lazy=True)
+    assert (lazy.skip_reasons, lazy.rows_read, len(lazy.tasks)) == (
+        eager.skip_reasons, eager.rows_read, len(eager.tasks))  # fmt: skip
+    assert lazy.tasks.task_id(len(eager.tasks) - 1) == eager.tasks[-1].id  # ids without decoding
+    after_load = len(decoded)
+    task = lazy.tasks[len(eager.tasks) - 1]  # aguvis: the limit cut its row's tasks
+    assert len(decoded) > after_load  # decoded again on access, not kept from the load
+    assert task.ground_truth() == eager.tasks[-1].ground_truth()
+    assert [im.tobytes() for im in task.images] == [im.tobytes() for im in eager.tasks[-1].images]
+    assert [t.ground_truth() for t in lazy.tasks] == [t.ground_truth() for t in eager.tasks]

@@ -61,3 +61,24 @@ def test_bad_columns_and_missing_sources_are_clear():
         parse_columns("counts=n")
     with pytest.raises(DatasetSourceError, match="no such file or folder"):
         load_user_tasks("/no/such/folder")
+
+
+def test_lazy_tasks_decode_on_access_skip_the_same_rows_and_name_a_removed_photo(tmp_path):
+    for name in ("a", "b", "c"):
+        Image.new("RGB", (40, 30), (len(name), 90, 200)).save(tmp_path / f"{name}.png")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    rows = [{"file_name": f"{n}.png", "count": 2} for n in "abc"]
+    rows += [{"file_name": "broken.jpg", "count": 1}, {"file_name": "gone.png", "count": 1}]
+    (tmp_path / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    eager = load_user_tasks(tmp_path)
+    lazy = load_user_tasks(tmp_path, lazy=True)
+    assert lazy.skip_reasons == eager.skip_reasons == {"corrupt image": 1, "missing image": 1}
+    assert [lazy.tasks.task_id(i) for i in range(3)] == ["a", "b", "c"]
+    for mine, theirs in zip(lazy.tasks, eager.tasks, strict=True):
+        assert mine.ground_truth() == theirs.ground_truth()
+        assert mine.images[0].tobytes() == theirs.images[0].tobytes()
+    assert len(load_user_tasks(tmp_path, lazy=True, limit=2).tasks) == 2
+    fresh = load_user_tasks(tmp_path, lazy=True)
+    (tmp_path / "c.png").unlink()  # after the load: the episode that needs it names it
+    with pytest.raises(DatasetSourceError, match="task c could not be read again"):
+        fresh.tasks[2]

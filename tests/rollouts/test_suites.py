@@ -108,3 +108,17 @@ def test_zero_shot_eval_scores_plain_answers(tmp_path, suite, dataset, split) ->
         for ep in episodes
     )
     assert json.loads((out / "run.json").read_text())["zero_shot"] is True
+
+
+def test_scene_suite_tasks_are_drawn_on_access_with_the_eager_ids() -> None:
+    from boxgym.data.scenes import make_scene_task
+
+    suite = SUITES["screens-easy"]
+    tasks, spec = suite_tasks(suite, limit=3)
+    assert spec["n"] == len(tasks) == 3
+    assert [tasks.task_id(i) for i in range(3)] == [
+        make_scene_task("screens", suite.seed_base + i, "easy").id for i in range(3)
+    ]
+    drawn = make_scene_task("screens", suite.seed_base + 2, "easy")
+    assert tasks[2].ground_truth() == drawn.ground_truth()
+    assert tasks[2].images[0].tobytes() == drawn.images[0].tobytes()

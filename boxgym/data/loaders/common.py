@@ -22,11 +22,12 @@ import logging
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from boxgym.data.lazy_tasks import LazyTasks
 from boxgym.data.loaders.cells import BadRow
 from boxgym.data.task import Task, unusable_reason
 
@@ -94,14 +95,14 @@ class LoadResult:
     """Tasks read from one split, with the rows that were skipped and why.
 
     Attributes:
-        tasks: the tasks, in row order.
+        tasks: the tasks, in row order (a `LazyTasks` when read with `lazy=True`).
         skipped: number of rows skipped.
         skip_reasons: reason -> count, e.g. {"corrupt image": 2, "unparsable label": 1}.
         source: where the rows came from, e.g. "hub:pingzhili/nlvr2@main" or "local:/data/nlvr2".
         rows_read: rows looked at (tasks may be more than rows for aguvis).
     """
 
-    tasks: list[Task] = field(default_factory=list)
+    tasks: Sequence[Task] = field(default_factory=list)
     skipped: int = 0
     skip_reasons: Counter = field(default_factory=Counter)
     source: str = ""
@@ -393,6 +394,22 @@ def _convert_rows(
     rows_read: list[int] | None = None,
     role: str | None = None,
 ) -> Iterator[Task]:
+    for _row, _ctx, tasks in _usable_rows(
+        loader, opened, split, limit, skip_reasons, rows_read, role
+    ):
+        yield from tasks
+
+
+def _usable_rows(
+    loader: DatasetLoader,
+    opened: OpenedRows,
+    split: str,
+    limit: int | None,
+    skip_reasons: Counter | None,
+    rows_read: list[int] | None = None,
+    role: str | None = None,
+) -> Iterator[tuple[dict[str, Any], RowContext, list[Task]]]:
+    """(row, context, its tasks) for every usable row; the last row's tasks stop at `limit`."""
     from boxgym.data.splits import row_role
 
     if limit is not None and limit <= 0:
@@ -418,11 +435,12 @@ def _convert_rows(
         except (KeyError, TypeError, ValueError) as exc:  # a schema the converter did not expect
             _count_skip(skip_reasons, loader.name, index, "wrong type", repr(exc))
             continue
-        for task in tasks:
-            yield task
-            produced += 1
-            if limit is not None and produced >= limit:
-                return
+        if limit is not None:
+            tasks = tasks[: limit - produced]
+        yield row, ctx, tasks
+        produced += len(tasks)
+        if limit is not None and produced >= limit:
+            return
 
 
 def _count_skip(
@@ -445,6 +463,7 @@ def load_dataset_tasks(
     cache_dir: str | None = None,
     config: str | None = None,
     role: str | None = None,
+    lazy: bool = False,
 ) -> LoadResult:
     """Reads one split into a list of tasks, counting skipped rows by reason.
 
@@ -462,6 +481,10 @@ def load_dataset_tasks(
         config: hub subset (aguvis has several; see `open_rows`).
         role: "train" (SFT, GRPO) or "eval" (suites) keeps only that role's rows
             (`boxgym.data.splits`: train and eval never share a row); None keeps every row.
+        lazy: `tasks` is a `LazyTasks` over the usable rows: every row is still converted
+            once here (so bad rows are counted and skipped exactly as otherwise), but only its
+            undecoded cells are kept (image bytes or paths, not pixels) and a task is converted
+            again when an episode asks for it, so memory does not hold n decoded images.
 
     Raises:
         DatasetSourceError: unknown dataset, missing path or split.
@@ -484,8 +507,41 @@ def load_dataset_tasks(
     )
     reasons: Counter = Counter()
     rows_read = [0]
-    tasks = list(_convert_rows(loader, opened, split, limit, reasons, rows_read, role))
+    if lazy:
+        usable = _usable_rows(loader, opened, split, limit, reasons, rows_read, role)
+        tasks: Sequence[Task] = _lazy_row_tasks(loader, usable)
+    else:
+        tasks = list(_convert_rows(loader, opened, split, limit, reasons, rows_read, role))
     result = LoadResult(tasks, sum(reasons.values()), reasons, opened.source, rows_read[0])
     if result.skipped:
         logger.warning("%s", result.summary())
     return result
+
+
+def _lazy_row_tasks(
+    loader: DatasetLoader, usable: Iterator[tuple[dict[str, Any], RowContext, list[Task]]]
+) -> LazyTasks:
+    """A `LazyTasks` over the usable rows: row cells kept, their images decoded on access."""
+    rows: list[tuple[dict[str, Any], RowContext]] = []
+    picks: list[tuple[int, int]] = []  # task i = task k of row r
+    ids: list[str] = []
+    most = 1
+    for row, ctx, tasks in usable:
+        for k, task in enumerate(tasks):
+            picks.append((len(rows), k))
+            ids.append(task.id)
+            most = max(most, len(task.images))
+        rows.append((row, ctx))
+
+    def build(i: int) -> Task:
+        r, k = picks[i]
+        row, ctx = rows[r]
+        try:
+            return loader.convert(row, ctx)[k]
+        except (BadRow, KeyError, TypeError, ValueError, IndexError) as exc:
+            raise DatasetSourceError(
+                f"{loader.name} row {ctx.index} could not be read again ({exc}); was the "
+                "dataset copy changed during the run? Restore it and rerun with --resume"
+            ) from exc
+
+    return LazyTasks(len(ids), build, ids.__getitem__, images_per_task=most)

@@ -33,10 +33,11 @@ import csv
 import json
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from boxgym.data.lazy_tasks import LazyTasks
 from boxgym.data.loaders.cells import BadRow, decode_image, parse_count
 from boxgym.data.loaders.common import DatasetSourceError, LoadResult
 from boxgym.data.task import GroundTruthObject, Task, unusable_reason
@@ -80,6 +81,7 @@ def load_user_tasks(
     columns: dict[str, str] | None = None,
     split: str | None = None,
     limit: int | None = None,
+    lazy: bool = False,
 ) -> LoadResult:
     """Tasks from an image folder with metadata, a task file, or a hub dataset.
 
@@ -90,6 +92,10 @@ def load_user_tasks(
         split: a folder's split subfolder or a hub split (default: the folder itself, or the
             only split; "test" on the hub).
         limit: at most this many tasks.
+        lazy: `tasks` is a `LazyTasks`: every row is still read and its image decoded once
+            here (so bad rows are counted and skipped exactly as otherwise), but only the row
+            (the image's path, or its encoded bytes when embedded) is kept, and a task's image
+            is decoded again when an episode asks for it: memory does not hold n images.
 
     Raises:
         DatasetSourceError: nothing readable at `source`.
@@ -109,6 +115,9 @@ def load_user_tasks(
         table = _task_table(path, split)
         rows, source_name, base_dir = _file_rows(table, reasons), f"local:{table}", table.parent
     result = LoadResult(source=source_name)
+    tasks: list[Task] = []
+    kept: list[tuple[dict[str, Any], int]] = []  # lazy: the rows of the tasks, by task index
+    ids: list[str] = []
     seen: set[str] = set()
     for index, row in enumerate(rows):
         result.rows_read = index + 1
@@ -126,15 +135,42 @@ def load_user_tasks(
             reasons["wrong type"] += 1
             continue
         seen.add(task.id)
-        result.tasks.append(task)
-        if limit is not None and len(result.tasks) >= limit:
+        if lazy:
+            kept.append((row, index))
+            ids.append(task.id)
+        else:
+            tasks.append(task)
+        if limit is not None and len(ids) + len(tasks) >= limit:
             break
+    result.tasks = _lazy_user_tasks(kept, ids, base_dir, mapping, text) if lazy else tasks
     result.skip_reasons = reasons
     result.skipped = sum(reasons.values())
     if not result.tasks:
         why = "; ".join(f"{r}: {n}" for r, n in reasons.most_common()) or "no rows"
         raise DatasetSourceError(f"--tasks {text}: no usable task ({why})")
     return result
+
+
+def _lazy_user_tasks(
+    rows: list[tuple[dict[str, Any], int]],
+    ids: list[str],
+    base_dir: Path | None,
+    mapping: dict[str, str],
+    source: str,
+) -> LazyTasks:
+    """Task i rebuilt from its kept row (image decoded) when an episode asks for it."""
+
+    def build(i: int) -> Task:
+        row, index = rows[i]
+        try:
+            return row_to_task(row, index, base_dir, mapping)
+        except (BadRow, KeyError, TypeError, ValueError) as error:
+            raise DatasetSourceError(
+                f"--tasks {source}: task {ids[i]} could not be read again ({error}); was it "
+                "changed or removed during the run? Restore it and rerun with --resume"
+            ) from error
+
+    return LazyTasks(len(ids), build, ids.__getitem__, images_per_task=1)
 
 
 def _task_table(path: Path, split: str | None) -> Path:
@@ -341,8 +377,11 @@ def add_tasks_arguments(parser: Any) -> None:
     group.add_argument("--tasks-split", help="--tasks: a split subfolder or hub split")
 
 
-def load_tasks_argument(args: Any, limit: int | None = None) -> list[Task]:
-    """The tasks `--tasks` names, with a one-line note on stderr of what was skipped and why."""
+def load_tasks_argument(args: Any, limit: int | None = None, lazy: bool = False) -> Sequence[Task]:
+    """The tasks `--tasks` names, with a one-line note on stderr of what was skipped and why.
+
+    `lazy` as in `load_user_tasks` (a run's tasks: images decoded as episodes start).
+    """
     import sys
 
     result = load_user_tasks(
@@ -350,12 +389,13 @@ def load_tasks_argument(args: Any, limit: int | None = None) -> list[Task]:
         columns=parse_columns(getattr(args, "columns", None)),
         split=getattr(args, "tasks_split", None),
         limit=limit,
+        lazy=lazy,
     )
     print(f"tasks: {result.summary()}", file=sys.stderr)
     return result.tasks
 
 
-def tasks_spec(args: Any, tasks: list[Task]) -> dict[str, Any]:
+def tasks_spec(args: Any, tasks: Sequence[Task]) -> dict[str, Any]:
     """What run.json records about `--tasks` (so a `--resume` with other tasks is refused)."""
     return {
         "kind": "user",
