@@ -244,6 +244,16 @@ def read_episodes(path: str | Path) -> EpisodeLog:
     return EpisodeLog(episodes, torn_tail=reader.torn_tail, bad_lines=reader.bad_lines)
 
 
+def encode_line(record: dict[str, Any]) -> bytes:
+    """One episode record as its `episodes.jsonl` line (UTF-8, no newline): compact JSON, no NaN,
+    a lone surrogate replaced rather than failing the write."""
+    line = json.dumps(record, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    try:
+        return line.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate somewhere in the record
+        return valid_unicode(line).encode("utf-8")
+
+
 class EpisodeStore:
     """Append-only episode storage for one run directory.
 
@@ -387,11 +397,11 @@ class EpisodeStore:
         if self.collected is not None:
             self.collected.append(record)
             return
-        line = json.dumps(record, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-        try:
-            data = line.encode("utf-8")
-        except UnicodeEncodeError:  # a lone surrogate somewhere in the record
-            data = valid_unicode(line).encode("utf-8")
+        self.append_line(encode_line(record), sync=sync)
+
+    def append_line(self, data: bytes, *, sync: bool = True) -> None:
+        """Write one episode line already made by `encode_line` (a worker process encodes its
+        records, so the process that owns the file only writes bytes); images must be on disk."""
         self._file.write(data + b"\n")
         self._file.flush()
         self._unsynced = True

@@ -5,8 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from boxgym.rollouts.commands import main as run_verbs
+from boxgym.rollouts.metrics import EpisodeColumns
 from boxgym.rollouts.shards import read_run
+from boxgym.rollouts.viewer import index_entry
+from boxgym.rollouts.workers import summary_fields
 
 
 def by_key(path: Path) -> dict[tuple[str, int], dict]:
@@ -48,3 +53,27 @@ def test_two_workers_store_the_episodes_one_process_stores(tmp_path, capsys) -> 
     assert union == {key: {**r, "timing": None, "run": None} for key, r in one.items()}
     assert sorted(p.name for p in (tmp_path / "sharded" / "images").iterdir()) == images("one")
     assert not list((tmp_path / "sharded" / "shards").glob("*/.tmp-*"))
+
+
+def test_summary_fields_give_the_summary_and_page_index_of_whole_records(tmp_path) -> None:
+    args = ["episodes", "--scene", "all", "--policy", "noisy", "--n", "6", "--group-size", "2"]
+    assert run_verbs([*args, "--seed", "3", "--no-progress", "--out", str(tmp_path / "r")]) == 0
+    records = [json.loads(line) for line in (tmp_path / "r" / "episodes.jsonl").open()]
+    records[0]["task"].pop("answer", None)  # the page index then counts the task's objects
+    records[1]["page_base"] = "../other"
+    whole, slim = EpisodeColumns(), EpisodeColumns()
+    for record in records:
+        whole.add(record)
+        slim.add(summary_fields(record))
+        assert index_entry(summary_fields(record)) == index_entry(record)
+    assert len(json.dumps(summary_fields(records[2]))) < len(json.dumps(records[2])) / 4
+    assert whole.names == slim.names and whole.timing() == slim.timing()
+    for name in whole.names:
+        np.testing.assert_array_equal(whole.values(name), slim.values(name))
+    for key in ("group", "failure", "by_difficulty", "by_source", "by_policy"):
+        assert [a.tolist() for a in whole.codes(key)[:1]] == [
+            a.tolist() for a in slim.codes(key)[:1]
+        ]
+        assert whole.codes(key)[1] == slim.codes(key)[1]
+    failures = {record.get("failure") for record in records}
+    assert len(failures) > 1, failures  # the noisy policy fails some episodes: both paths seen
