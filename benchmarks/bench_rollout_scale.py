@@ -8,7 +8,8 @@ Acceptance (issue 12), each measured as a ratio of runs made side by side on one
     memory   peak RSS of `boxgym episodes --policy oracle` at --n 10000 within 1.3x of --n 1000;
     resume   `--resume` of a finished 100,000-episode run (summary and page included) within 12x
              of a 10,000-episode one, peak RSS reported;
-    workers  `--workers 2` at >= 1.7x the episodes per wall-second of one process.
+    workers  `--workers 2` at >= 1.7x the episodes per wall-second of one process; then the CPU
+             seconds of the 2-worker run's own (parent) process alone.
     page     the run page of a finished 10,000-episode run: `index.html` size, page files and the
              time to write them, against the code before paging (a checkout given by --base:
              one `index.html` holding every episode); reported, no target.
@@ -247,6 +248,32 @@ def bench_resume(args: argparse.Namespace, work: Path) -> bool:
     return ratio <= 12
 
 
+# Runs `boxgym.cli` in-process and prints the process's own CPU seconds (not its workers') last.
+_OWN_CPU = """
+import resource, sys
+from boxgym.cli import main
+code = main(sys.argv[1:])
+own = resource.getrusage(resource.RUSAGE_SELF)
+print(f"own-cpu {own.ru_utime + own.ru_stime:.3f}", file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def parent_cpu(argv: list[str], root: Path) -> float:
+    """CPU seconds of the run's own process alone, without its worker processes."""
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", _OWN_CPU, *argv],
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=True,
+    )
+    return float(done.stderr.strip().splitlines()[-1].split()[1])
+
+
 def bench_workers(args: argparse.Namespace, work: Path) -> bool:
     argv = ["episodes", "--scene", "all", "--policy", "oracle", "--n", str(args.n)]
     argv += ["--no-progress", "--no-page", "--overwrite"]
@@ -257,6 +284,8 @@ def bench_workers(args: argparse.Namespace, work: Path) -> bool:
             cpu, wall, _ = run_child([*argv, *out], ROOT)
             rates[workers].append(args.n / wall)
             print(f"  repeat {r} workers={workers}: {wall:.1f} wall-s, {cpu:.1f} CPU-s", flush=True)
+    out = ["--out", str(work / "w2"), "--workers", "2"]
+    print(f"  parent process of 2 workers: {parent_cpu([*argv, *out], ROOT):.2f} CPU-s", flush=True)
     one, two = statistics.median(rates[1]), statistics.median(rates[2])
     print(
         f"workers: 2 processes {two:.1f} ep/s, 1 process {one:.1f} ep/s, ratio {two / one:.2f} (>= 1.7)"
