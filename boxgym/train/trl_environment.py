@@ -104,7 +104,9 @@ def task_from_row(row: dict[str, Any], scene_knobs: dict[str, Any] | None = None
 
     Rows are either `{"family", "difficulty", "seed"}` (a procedural scene, built with
     `scene_knobs`) or `{"dataset", "dataset_path", "dataset_split"?, "task_index"}` (a loader
-    task).
+    task) or `{"user_tasks", "columns"?, "task_index"}` (the user's photos). A dataset or photo
+    folder is read once per process and kept as a `LazyTasks`: its rows' undecoded cells, each
+    image decoded again when an episode starts, so a process does not hold the split's pixels.
 
     Raises:
         ValueError: when the row names neither.
@@ -122,7 +124,7 @@ def task_from_row(row: dict[str, Any], scene_knobs: dict[str, Any] | None = None
         columns = json.loads(row.get("columns") or "{}")
         key = ("user", row["user_tasks"], row.get("columns") or "{}")
         if key not in _TASK_CACHE:
-            _TASK_CACHE[key] = load_user_tasks(row["user_tasks"], columns=columns).tasks
+            _TASK_CACHE[key] = load_user_tasks(row["user_tasks"], columns=columns, lazy=True).tasks
         tasks = _TASK_CACHE[key]
         return tasks[int(row["task_index"]) % len(tasks)]
     if row.get("dataset"):
@@ -135,6 +137,7 @@ def task_from_row(row: dict[str, Any], scene_knobs: dict[str, Any] | None = None
                 path=row["dataset_path"],
                 split=row.get("dataset_split"),
                 role="train",  # never an eval suite's row (boxgym.data.splits)
+                lazy=True,
             ).tasks
         tasks = _TASK_CACHE[key]
         if not tasks:

@@ -117,3 +117,28 @@ def test_an_unanswered_episode_scores_as_the_env_scores_no_answer(row_and_task):
 def test_rows_name_their_task_or_fail_clearly():
     with pytest.raises(ValueError, match="needs `family`"):
         te.task_from_row({"prompt": []})
+
+
+def test_photo_rows_read_their_folder_once_and_decode_each_image_on_access(tmp_path, monkeypatch):
+    import json
+
+    from PIL import Image
+
+    from boxgym.data.lazy_tasks import LazyTasks
+
+    for i, name in enumerate("abc"):
+        Image.new("RGB", (40, 30), (10 * i, 90, 200)).save(tmp_path / f"{name}.png")
+    rows = [{"file_name": f"{n}.png", "count": i + 1} for i, n in enumerate("abc")]
+    (tmp_path / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    monkeypatch.setattr(te, "_TASK_CACHE", {})
+    opened = []
+    real = Image.open
+    monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(1) or real(*a, **k))
+    task = te.task_from_row({"user_tasks": str(tmp_path), "task_index": 5})  # 5 % 3: task c
+    (cached,) = te._TASK_CACHE.values()
+    assert isinstance(cached, LazyTasks) and len(cached) == 3
+    assert task.id == "c" and task.count == 3
+    before = len(opened)
+    assert te.task_from_row({"user_tasks": str(tmp_path), "task_index": 0}).id == "a"
+    assert len(opened) > before  # decoded when asked for, not held from the first read
+    assert len(te._TASK_CACHE) == 1  # the folder was read once
