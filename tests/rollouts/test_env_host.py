@@ -121,7 +121,10 @@ RUN = [
 ]  # fmt: skip
 
 
-def start_run(out: Path, delay: str = "0.2") -> subprocess.Popen:
+# 1 s per policy call: after its first stored episode the run has seconds of work left, so the
+# hit lands mid-run even when a loaded machine delays this test's polling (at 0.2 s a loaded CI
+# run once finished before its Ctrl-C arrived and exited 0).
+def start_run(out: Path, delay: str = "1.0") -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "boxgym.cli", *RUN, "--out", str(out), "--policy-delay", delay],
         env={**os.environ, "PYTHONPATH": str(REPO)},
