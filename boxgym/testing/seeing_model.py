@@ -53,6 +53,7 @@ from typing import Any
 
 from boxgym.testing.seeing_tasks import (
     EVAL_SEEDS_END,
+    GROUND_PHRASINGS,
     SKILLS,
     Example,
     make_example,
@@ -102,6 +103,9 @@ class SeeingRecipe:
     # share of counting rows asked the bare question ("How many shapes are there?"), so that a
     # plain question is answered with a number too
     bare_question_share: float = 0.25
+    # how many of `GROUND_PHRASINGS` the grounding rows are asked in (by seed); 1: always
+    # GROUND_QUESTION, the held-out evaluation's question (and out of the recipe's key)
+    ground_phrasings: int = 1
     # "example": each example's reply tokens share one unit of weight, so a 2-token count reply
     # weighs as much as a 120-token grounding reply; "token": every reply token weighs the same
     # (the first build's choice: counting then got 0.5% of the loss and fell from 0.85 to 0.69).
@@ -133,6 +137,8 @@ class SeeingRecipe:
         if self.tool_steps == 0:
             for name in TOOL_STAGE_FIELDS:
                 data.pop(name)
+        if self.ground_phrasings == 1:
+            data.pop("ground_phrasings")
         return data
 
     @classmethod
@@ -140,6 +146,7 @@ class SeeingRecipe:
         """The recipe of a `recipe.json` (one written before the tool stage has none)."""
         data = {k: _as_tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         data.setdefault("tool_steps", 0)
+        data.setdefault("ground_phrasings", 1)
         return cls(**data)
 
     def key(self) -> str:
@@ -221,6 +228,8 @@ def training_examples(recipe: SeeingRecipe, step: int) -> list[Example]:
         example = make_example(skill, seed, max_count=cap if skill == "ground" else 5)
         if skill.startswith("count") and bare_question(seed, recipe.bare_question_share):
             example = replace(example, question=strip_answer_hint(example.question))
+        if skill == "ground":
+            example = replace(example, question=ground_question(seed, recipe.ground_phrasings))
         examples.append(example)
     return examples
 
@@ -228,6 +237,14 @@ def training_examples(recipe: SeeingRecipe, step: int) -> list[Example]:
 def bare_question(seed: int, share: float) -> bool:
     """Whether the counting row of `seed` is asked without "Answer with a number." """
     return (seed * 2654435761 % 1000) < share * 1000
+
+
+def ground_question(seed: int, phrasings: int) -> str:
+    """The grounding question of the row of `seed`: one of the first `phrasings` of
+    `GROUND_PHRASINGS`, drawn by seed."""
+    if not 1 <= phrasings <= len(GROUND_PHRASINGS):
+        raise ValueError(f"ground_phrasings must be 1 to {len(GROUND_PHRASINGS)}, got {phrasings}")
+    return GROUND_PHRASINGS[(seed * 2246822519 >> 7) % phrasings]
 
 
 def strip_answer_hint(question: str) -> str:

@@ -41,6 +41,22 @@ IMAGE_SIZE = 224
 
 COUNT_QUESTION = "How many shapes are there? Answer with a number."
 GROUND_QUESTION = "Find every shape. Answer with one box per shape."
+# Other phrasings of the grounding question, of 2 to 23 tokens (`SeeingRecipe.ground_phrasings`).
+# Qwen2-VL's image tokens carry no absolute position: a box's coordinates are read off M-RoPE
+# offsets between the reply token and the image tokens, so a model trained on one question can
+# tie them to where in the text the box starts (a box started 3 tokens later lands elsewhere).
+# Questions of many lengths take that shortcut away.
+GROUND_PHRASINGS: tuple[str, ...] = (
+    GROUND_QUESTION,
+    "Find every shape.",
+    "Shapes?",
+    "Box each shape.",
+    "Where are the shapes? Answer with one box per shape, in reading order.",
+    "Locate every shape in this image and give one box for each of them, row by row, from"
+    " left to right.",
+    "Find all the shapes in the picture. Answer with one bounding box per shape.",
+    "Please find every shape. One box per shape.",
+)
 LIST_QUESTION = "List the shapes. Answer with their names separated by commas."
 
 # The env of the `tool` skill and of the seeing learning proof (configs/proof_*_seeing.yaml):

@@ -250,7 +250,7 @@ def resolve_model(model: str | os.PathLike[str] | None) -> str:
         if not is_built(path, SeeingRecipe()):
             raise FileNotFoundError(
                 f"the seeing tiny model is not built yet ({path}); build it once with "
-                "`boxgym tiny-model --seeing` (about an hour on 2 CPU cores), or pass its --out path"
+                "`boxgym tiny-model --seeing` (about 90 minutes on 2 CPU cores), or pass its --out path"
             )
         return str(path)
     text = str(model)

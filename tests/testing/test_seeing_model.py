@@ -173,6 +173,31 @@ def test_some_counting_rows_are_asked_the_bare_question():
     assert all(e.question.endswith("number.") for e in training_examples(none, 0))
 
 
+def test_grounding_rows_can_be_asked_in_many_phrasings():
+    from boxgym.testing.seeing_model import ground_question
+    from boxgym.testing.seeing_tasks import GROUND_PHRASINGS, GROUND_QUESTION
+
+    recipe = SeeingRecipe()
+    assert recipe.key() == "aedc1e2867"  # the default keeps its key: one phrasing is not recorded
+    assert "ground_phrasings" not in recipe.identity()
+    one = [e for step in range(2400, 2404) for e in training_examples(recipe, step)]
+    assert {e.question for e in one if e.skill == "ground"} == {GROUND_QUESTION}
+    many = replace(recipe, ground_phrasings=len(GROUND_PHRASINGS))
+    assert many.identity()["ground_phrasings"] == 8 and many.key() != recipe.key()
+    assert SeeingRecipe.from_identity(many.identity()) == many
+    rows = [e for step in range(2400, 2420) for e in training_examples(many, step)]
+    asked = {e.question for e in rows if e.skill == "ground"}
+    assert len(asked) >= 6 and asked <= set(GROUND_PHRASINGS)
+    same = [e for step in range(2400, 2420) for e in training_examples(recipe, step)]
+    assert [e.question for e in rows if e.skill != "ground"] == [
+        e.question for e in same if e.skill != "ground"
+    ]  # the other skills' questions are left as they were
+    counts = [sum(ground_question(s, 8) == q for s in range(4000)) for q in GROUND_PHRASINGS]
+    assert min(counts) > 400  # every phrasing about an eighth of the rows
+    with pytest.raises(ValueError, match="ground_phrasings must be 1 to 8"):
+        ground_question(0, 9)
+
+
 def test_grounding_digits_weigh_more_and_normalisation_is_checked():
     from boxgym.testing.seeing_model import Batcher
     from boxgym.testing.tiny_model import build_processor
