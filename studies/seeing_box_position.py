@@ -9,13 +9,19 @@ p - t0. A model that learnt coordinates at one fixed p (the first box after one 
 puts a box elsewhere when the same box starts a few tokens later. Three measurements, greedy,
 on held-out scenes (seeds below 1,000,000, never trained on):
 
-1. `by_count`, `by_position`: the grounding question on 200 scenes (the build's evaluation
-   scenes); boxes matched at IoU >= 0.5 by the scene's object count, and, for each box of a
+1. `recall_by_count`, `box_on_an_object_by_position`: the grounding question on `--scenes`
+   scenes (seeds 0-199; the build's own evaluation uses 999,500-999,699, another sample of the
+   same distribution); recall at IoU >= 0.5 by the scene's object count, and, for each box of a
    reply in scenes of 2-5 objects, whether it lies at IoU >= 0.5 on any object.
-2. `shift`: 1-object scenes; the reply is forced to start with the object's true label, or with
-   a label 1, 3 or 6 words longer or one token shorter, and the model writes the box: the share
-   at IoU >= 0.5. Only the text position of the box changes (and the label's words).
+2. `shift`: 1-object scenes; the reply is forced to start with the object's true label, with a
+   trained label of 2, 3 or 4 tokens (the models name colours at chance, so any label is as
+   familiar as the true one), or with made-up labels 1 token shorter or 1, 3 or 6 words longer,
+   and the model writes the box: the share at IoU >= 0.5. Mainly the text position at which the
+   box starts changes (the made-up labels also change the words).
 3. `phrasings`: the same 1-object scenes asked each of `GROUND_PHRASINGS` (2 to 25 tokens).
+4. `second_box`: 2-object scenes; the reply is forced to hold the first object's true box (its
+   true label, or that label 3 words longer), and the model writes the second box: the share
+   at IoU >= 0.5 on the second object. Does a later box depend on its text position as well?
 
     python studies/seeing_box_position.py --model DIR --out OUT.json [--scenes 200] [--singles 100]
 """
@@ -36,8 +42,11 @@ from boxgym.testing.seeing_scoring import ci, read_boxes, score_replies
 from boxgym.testing.seeing_tasks import GROUND_PHRASINGS, Example, make_example, messages_for
 from boxgym.testing.tiny_model import resolve_model
 
-SHIFTS = {
+SHIFTS = {  # labels of the training vocabulary of 2, 3 and 4 tokens, then longer made-up ones
     "true label": "{label}",
+    "'red circle' (2 tokens)": "red circle",
+    "'red pentagon' (3 tokens)": "red pentagon",
+    "'teal pentagon' (4 tokens)": "teal pentagon",
     "label 1 token shorter ('shape')": "shape",
     "label +1 word": "red {label}",
     "label +3 words": "red red red {label}",
@@ -71,15 +80,17 @@ def generate(
     return replies
 
 
-def first_box_hits(examples: list[Example], replies: list[str]) -> list[float]:
-    """1.0 where the reply's first box lies at IoU >= 0.5 on the scene's only object."""
-    hits = []
+def first_box_hits(examples: list[Example], replies: list[str]) -> tuple[list[float], float]:
+    """1.0 where the reply's first box lies at IoU >= 0.5 on the scene's only object; and the
+    share of replies holding a box at all."""
+    hits, boxed = [], 0
     for example, reply in zip(examples, replies):
         boxes = read_boxes(reply, example.image.size)
+        boxed += bool(boxes)
         truth = np.asarray([example.task.objects[0].box], dtype=float)
         ok = bool(boxes) and iou_matrix(np.asarray([boxes[0][2]], float), truth)[0, 0] >= 0.5
         hits.append(float(ok))
-    return hits
+    return hits, boxed / max(1, len(examples))
 
 
 def main() -> None:
@@ -137,17 +148,43 @@ def main() -> None:
             "<|object_ref_end|><|box_start|>("
             for e in singles
         ]
-        hits = first_box_hits(singles, generate(model, processor, singles, prefixes, 24))
-        tokens = len(tokenizer(template.format(label="red triangle"))["input_ids"])
-        result["shift"][name] = {"label_tokens_for_red_triangle": tokens, **ci(hits)}
+        hits, boxed = first_box_hits(singles, generate(model, processor, singles, prefixes, 24))
+        tokens = len(
+            tokenizer(template.format(label="red triangle"))["input_ids"]
+        )  # a 2-token label
+        result["shift"][name] = {"label_tokens": tokens, "boxed": boxed, **ci(hits)}
         print(f"{name}: {tokens} label tokens, box IoU >= 0.5 {np.mean(hits):.2f}", flush=True)
     result["phrasings"] = {}
     for question in GROUND_PHRASINGS:
         asked = [Example(e.skill, e.seed, e.task, question, e.reply) for e in singles]
-        hits = first_box_hits(asked, generate(model, processor, asked, [""] * len(asked), 48))
+        replies = generate(model, processor, asked, [""] * len(asked), 48)
+        hits, boxed = first_box_hits(asked, replies)
         tokens = len(tokenizer(question)["input_ids"])
-        result["phrasings"][question] = {"question_tokens": tokens, **ci(hits)}
-        print(f"{tokens:>2} tokens: {np.mean(hits):.2f}  {question}", flush=True)
+        result["phrasings"][question] = {
+            "question_tokens": tokens,
+            "boxed": boxed,
+            "first_reply": replies[0][:120],
+            **ci(hits),
+        }
+        print(
+            f"{tokens:>2} tokens: {np.mean(hits):.2f} (boxed {boxed:.2f})  {question}", flush=True
+        )
+    pairs = [e for e in (make_example("ground", s) for s in range(3000)) if e.task.count == 2]
+    pairs = pairs[: args.singles]
+    result["second_box"] = {}
+    for name, pad in (("first box as trained", ""), ("first label +3 words", "red red red ")):
+        prefixes = [
+            e.reply.split("\n")[0].replace("start|>", f"start|>{pad}", 1) + "\n" for e in pairs
+        ]
+        replies = generate(model, processor, pairs, prefixes, 30)
+        hits = []
+        for example, reply in zip(pairs, replies):
+            boxes = read_boxes(reply, example.image.size)
+            truth = np.asarray([example.task.objects[1].box], dtype=float)
+            ok = len(boxes) > 1 and iou_matrix(np.asarray([boxes[1][2]], float), truth)[0, 0] >= 0.5
+            hits.append(float(ok))
+        result["second_box"][name] = ci(hits)
+        print(f"second box after the {name}: IoU >= 0.5 {np.mean(hits):.2f}", flush=True)
     result["seconds"] = round(time.time() - started)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
