@@ -311,3 +311,30 @@ def test_the_tool_stage_continues_a_built_base(built):
     results = json.loads((path / "results.json").read_text())
     assert results["tool"]["count_accuracy"]["n"] == 3
     assert json.loads((path / "recipe.json").read_text()) == recipe.identity()
+
+
+def test_the_polish_stage_follows_the_tool_stage_and_continues_a_built_base(built):
+    from boxgym.testing.seeing_model import built_base, lr_at, skills_for_step
+
+    default = SeeingRecipe()
+    assert "polish_mix" not in default.identity()  # no polish stage: the default keeps its key
+    recipe = replace(default, polish_steps=500)
+    assert "polish_mix" in recipe.identity() and recipe.key() != default.key()
+    assert SeeingRecipe.from_identity(recipe.identity()) == recipe
+    assert recipe.total_steps == default.total_steps + 500
+    assert recipe.stage(recipe.polish_start - 1) == "tool"
+    assert recipe.stage(recipe.polish_start) == "polish"
+    assert set(skills_for_step(recipe, recipe.polish_start)) <= {"ground", "count"}
+    peak = max(lr_at(recipe, recipe.polish_start + t) for t in range(100))
+    assert peak == pytest.approx(recipe.polish_lr)
+    # a recipe adding only the polish stage continues the build without it
+    out, _ = built
+    polished = replace(SMALL, polish_steps=2)
+    assert built_base(out.with_name("polished"), polished) == out
+    messages = []
+    path = build_seeing_model(
+        out.with_name("polished"), polished, **{**BUILD_KW, "log": messages.append}
+    )
+    assert any(f"continuing the built {out.name}" in m for m in messages), messages
+    log = json.loads((path / "training_log.json").read_text())
+    assert log["step"] == polished.total_steps == SMALL.total_steps + 2
