@@ -324,7 +324,8 @@ def test_the_polish_stage_follows_the_tool_stage_and_continues_a_built_base(buil
     assert recipe.total_steps == default.total_steps + 500
     assert recipe.stage(recipe.polish_start - 1) == "tool"
     assert recipe.stage(recipe.polish_start) == "polish"
-    assert set(skills_for_step(recipe, recipe.polish_start)) <= {"ground", "count"}
+    polish_rows = skills_for_step(recipe, recipe.polish_start)
+    assert polish_rows.count("ground") > len(polish_rows) / 3
     peak = max(lr_at(recipe, recipe.polish_start + t) for t in range(100))
     assert peak == pytest.approx(recipe.polish_lr)
     # a recipe adding only the polish stage continues the build without it
