@@ -38,7 +38,7 @@ from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
 
 from boxgym.env.rewards import iou_matrix
 from boxgym.testing.seeing_model import generate_replies
-from boxgym.testing.seeing_scoring import ci, read_boxes, score_replies
+from boxgym.testing.seeing_scoring import box_scores, ci, read_boxes, score_replies
 from boxgym.testing.seeing_tasks import GROUND_PHRASINGS, Example, make_example, messages_for
 from boxgym.testing.tiny_model import resolve_model
 
@@ -124,7 +124,7 @@ def main() -> None:
         recall = 0.0
         if boxes:
             iou = iou_matrix(np.asarray([b[2] for b in boxes], float), truth)
-            recall = score_replies("ground", [example], [reply])["recall"]["mean"]
+            recall = box_scores(boxes, example.task)[1]
             if n >= 2:
                 for k in range(len(boxes)):
                     by_position.setdefault(str(k + 1), []).append(float(iou[k].max() >= 0.5))

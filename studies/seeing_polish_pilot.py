@@ -8,7 +8,9 @@ evaluation (`final_results`: 500 counting scenes, 200 of each other skill, 100 i
 context) and writes it to `--out`, the continued checkpoint beside it (`--out` without `.json`).
 `--padded` writes the training replies' coordinates with 3 digits (`(062,188)`), which the env's
 parser reads like any integer. A pilot, not a build: the recipe's `polish_*` stage is the real
-thing (`boxgym tiny-model --seeing --set polish_steps=N`).
+thing (`boxgym tiny-model --seeing --set ... --set polish_steps=N` continues the cached build of
+the same recipe without it, with the recipe's schedule: 50 warm-up steps, floor 0.05); this
+script is what measured the figures in docs/models.md, and it also takes any mix and `--padded`.
 
     python studies/seeing_polish_pilot.py --model DIR --steps 500 --out OUT.json \\
         [--mix '[["ground", 0.8], ["count", 0.2]]'] [--padded]
@@ -102,11 +104,10 @@ def main() -> None:
     sm.save_checkpoint(model, processor, out.with_suffix(""))
     out.write_text(json.dumps(results, indent=1))
     ground, count, tool = results["ground"], results["count"]["accuracy"], results["tool"]
-    answered = tool["answered"]["mean"] if isinstance(tool["answered"], dict) else tool["answered"]
     print(
         f"boxes P {ground['precision']['mean']:.3f} R {ground['recall']['mean']:.3f}; "
         f"count {count['mean']:.3f} [{count['lo']:.3f}, {count['hi']:.3f}]; in the env: count "
-        f"{tool['count_accuracy']['mean']:.2f}, answered {answered:.2f}"
+        f"{tool['count_accuracy']['mean']:.2f}, answered {tool['answered']['mean']:.2f}"
     )
 
 

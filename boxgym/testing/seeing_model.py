@@ -745,7 +745,7 @@ def build_seeing_model(
     tool_count = tool_f1 = float("nan")  # the last held-out check in the env's context
     while prog.step < recipe.total_steps:
         step = prog.step
-        if step == recipe.tool_start or (recipe.polish_steps and step == recipe.polish_start):
+        if step in (recipe.tool_start, recipe.polish_start):
             # the tool and polish stages start afresh (so they can start from a built
             # checkpoint): no optimiser moments carried over, the loss's sampling reseeded
             optimizer.state.clear()

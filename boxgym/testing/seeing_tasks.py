@@ -41,11 +41,12 @@ IMAGE_SIZE = 224
 
 COUNT_QUESTION = "How many shapes are there? Answer with a number."
 GROUND_QUESTION = "Find every shape. Answer with one box per shape."
-# Other phrasings of the grounding question, of 2 to 23 tokens (`SeeingRecipe.ground_phrasings`).
+# Other phrasings of the grounding question, of 2 to 25 tokens (`SeeingRecipe.ground_phrasings`).
 # Qwen2-VL's image tokens carry no absolute position: a box's coordinates are read off M-RoPE
 # offsets between the reply token and the image tokens, so a model trained on one question can
 # tie them to where in the text the box starts (a box started 3 tokens later lands elsewhere).
-# Questions of many lengths take that shortcut away.
+# Questions of many lengths take that shortcut away (measured: grounding then learns far
+# more slowly; docs/models.md).
 GROUND_PHRASINGS: tuple[str, ...] = (
     GROUND_QUESTION,
     "Find every shape.",
