@@ -142,6 +142,10 @@ class SeeingRecipe:
             raise ValueError(
                 f"loss_normalization must be 'example' or 'token', got {self.loss_normalization!r}"
             )
+        if not 1 <= self.ground_phrasings <= len(GROUND_PHRASINGS):
+            raise ValueError(
+                f"ground_phrasings must be 1 to {len(GROUND_PHRASINGS)}, got {self.ground_phrasings}"
+            )
 
     def identity(self) -> dict[str, Any]:
         """The recipe as recorded in `recipe.json` and hashed into its key; without a tool stage

@@ -196,6 +196,8 @@ def test_grounding_rows_can_be_asked_in_many_phrasings():
     assert min(counts) > 400  # every phrasing about an eighth of the rows
     with pytest.raises(ValueError, match="ground_phrasings must be 1 to 8"):
         ground_question(0, 9)
+    with pytest.raises(ValueError, match="ground_phrasings must be 1 to 8"):
+        replace(recipe, ground_phrasings=0)  # refused with the recipe, before any build starts
 
 
 def test_grounding_digits_weigh_more_and_normalisation_is_checked():
