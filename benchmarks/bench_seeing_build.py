@@ -51,6 +51,7 @@ def time_steps(threads: int, steps: int) -> dict[str, float]:
         ("count", 0),
         ("full", recipe.count_steps + recipe.full_steps // 2),
         ("tool", recipe.tool_start + recipe.tool_steps // 2),
+        ("polish", recipe.polish_start + recipe.polish_steps // 2),
     )
     for stage, first in stages:
         seconds = []

@@ -90,7 +90,7 @@ class SeeingRecipe:
     warmup_steps: int = 50
     weight_decay: float = 0.0
     count_steps: int = 2400
-    full_steps: int = 2800
+    full_steps: int = 2300
     full_mix: tuple[tuple[str, float], ...] = (
         ("count", 0.2),
         ("count_clutter", 0.1),
@@ -124,10 +124,11 @@ class SeeingRecipe:
         ("list", 0.15),
     )
     # Stage 4 (``polish``): grounding-heavy steps at a lower rate after the tool stage; 0 steps
-    # leaves it out (and out of the recipe's key). Pilots on 386e0eca78: docs/models.md (80%
-    # grounding and 20% counting raised the boxes to 0.51 but erased the tool skill, so every
-    # skill keeps a share).
-    polish_steps: int = 0
+    # leaves it out (and out of the recipe's key). Its 500 steps came out of the second stage
+    # (2,800 -> 2,300 steps): boxes 0.45 -> 0.52 at the same build time (docs/models.md). Pilots
+    # on 386e0eca78: 80% grounding and 20% counting raised the boxes too but erased the tool
+    # skill, so every skill keeps a share.
+    polish_steps: int = 500
     polish_lr: float = 3e-4
     polish_mix: tuple[tuple[str, float], ...] = (
         ("ground", 0.6),

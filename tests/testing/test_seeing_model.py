@@ -36,6 +36,7 @@ SMALL = replace(
     warmup_steps=2,
     lr=3e-3,
     tool_steps=0,
+    polish_steps=0,
 )
 BUILD_KW = dict(
     threads=1,
@@ -178,7 +179,7 @@ def test_grounding_rows_can_be_asked_in_many_phrasings():
     from boxgym.testing.seeing_tasks import GROUND_PHRASINGS, GROUND_QUESTION
 
     recipe = SeeingRecipe()
-    assert recipe.key() == "aedc1e2867"  # the default keeps its key: one phrasing is not recorded
+    assert recipe.key() == "2c716a6136"  # the default keeps its key: one phrasing is not recorded
     assert "ground_phrasings" not in recipe.identity()
     one = [e for step in range(2400, 2404) for e in training_examples(recipe, step)]
     assert {e.question for e in one if e.skill == "ground"} == {GROUND_QUESTION}
@@ -241,9 +242,12 @@ def test_scoring_reads_counts_boxes_and_lists():
     assert scored["accuracy"]["mean"] == 1.0
 
 
-def test_a_recipe_without_the_tool_stage_keeps_its_published_key():
-    base = replace(SeeingRecipe(), tool_steps=0)
-    assert base.key() == "2ad9b9ec52"  # the checkpoint docs/models.md describes
+def test_recipes_without_the_late_stages_keep_their_published_keys():
+    # the checkpoints docs/models.md describes: two stages, + tool stage, + polish (the default)
+    earlier = replace(SeeingRecipe(), full_steps=2800, polish_steps=0)
+    assert earlier.key() == "aedc1e2867"
+    base = replace(earlier, tool_steps=0)
+    assert base.key() == "2ad9b9ec52"
     assert "tool_mix" not in base.identity()
     assert SeeingRecipe.from_identity(base.identity()) == base
     assert SeeingRecipe.from_identity(SeeingRecipe().identity()) == SeeingRecipe()
@@ -318,12 +322,13 @@ def test_the_tool_stage_continues_a_built_base(built):
 def test_the_polish_stage_follows_the_tool_stage_and_continues_a_built_base(built):
     from boxgym.testing.seeing_model import built_base, lr_at, skills_for_step
 
-    default = SeeingRecipe()
-    assert "polish_mix" not in default.identity()  # no polish stage: the default keeps its key
-    recipe = replace(default, polish_steps=500)
-    assert "polish_mix" in recipe.identity() and recipe.key() != default.key()
+    recipe = SeeingRecipe()  # the default has a polish stage
+    without = replace(recipe, polish_steps=0)
+    assert "polish_mix" not in without.identity()  # no polish stage: left out of the key
+    assert "polish_mix" in recipe.identity() and recipe.key() != without.key()
     assert SeeingRecipe.from_identity(recipe.identity()) == recipe
-    assert recipe.total_steps == default.total_steps + 500
+    assert SeeingRecipe.from_identity(without.identity()) == without
+    assert recipe.total_steps == without.total_steps + 500
     assert recipe.stage(recipe.polish_start - 1) == "tool"
     assert recipe.stage(recipe.polish_start) == "polish"
     polish_rows = skills_for_step(recipe, recipe.polish_start)
