@@ -393,10 +393,10 @@ class EpisodeStore:
         """
         if "key" not in record:
             raise ValueError("an episode record needs a 'key' with 'task_id' and 'sample'")
-        self.flush_images()
-        if self.collected is not None:
+        if self.collected is not None:  # its owner flushes the images before it writes the line
             self.collected.append(record)
             return
+        self.flush_images()
         self.append_line(encode_line(record), sync=sync)
 
     def append_line(self, data: bytes, *, sync: bool = True) -> None:

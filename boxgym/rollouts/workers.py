@@ -43,11 +43,17 @@ def _start_worker(
     image_format: str,
     options: dict[str, Any],
 ) -> None:
+    # One encoding thread, as the single-process runner has: with a core to spare, one process
+    # runs about 1.25x faster with it (1,000 oracle episodes: 5.9 wall-s against 7.5 inline),
+    # so workers that encoded inline could reach only about 2 / 1.25 = 1.6x one process on a
+    # node with free cores. On a machine the workers already fill, the thread costs nothing
+    # measurable (docs/benchmarks.md). Records wait in `collected` without a flush each;
+    # `_run_chunk` flushes once, before the parent writes the chunk's lines.
     store = EpisodeStore(
         run_dir,
         episodes_dir=episodes_dir,
         image_format=image_format,
-        image_workers=0,
+        image_workers=1,
         collect=True,
     )
     _WORKER.update(

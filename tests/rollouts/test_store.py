@@ -136,3 +136,35 @@ def test_image_queue_is_bounded(tmp_path) -> None:
             assert len(store._pending) <= 2
         store.flush_images()
         assert store.images_written == 10
+
+
+def test_images_reach_disk_before_their_line_and_a_worker_store_defers_to_its_flush(
+    tmp_path, monkeypatch
+) -> None:
+    import threading
+
+    release = threading.Event()
+    write = EpisodeStore._write_image
+
+    def held_write(self, ref, image):
+        assert release.wait(10), "the test never released the write"
+        write(self, ref, image)
+
+    monkeypatch.setattr(EpisodeStore, "_write_image", held_write)
+    # A worker's store (collect=True) keeps the record without waiting for its image: the
+    # worker flushes once per chunk, before the parent writes the chunk's lines.
+    worker = EpisodeStore(tmp_path, image_workers=1, collect=True)
+    ref = worker.put_image(noise_image(0))
+    worker.append(record("a", 0, image=ref))
+    assert worker.collected and not (tmp_path / "images" / ref).exists()
+    release.set()
+    worker.flush_images()
+    assert (tmp_path / "images" / ref).exists()
+    worker.close()
+    # The run's own store waits for the image before its line.
+    release.clear()
+    threading.Timer(0.2, release.set).start()
+    with EpisodeStore(tmp_path / "own", image_workers=1) as store:
+        ref = store.put_image(noise_image(1))
+        store.append(record("a", 0, image=ref))
+        assert (tmp_path / "own" / "images" / ref).exists()
