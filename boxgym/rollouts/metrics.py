@@ -12,11 +12,12 @@ over the k samples of each group, averaged over groups.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from array import array
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,17 +71,10 @@ def bootstrap_ratios(
     need = [m for m in range(width) if total_c[m] > 0 and clusters_with[m] > 1]
     boot = np.empty((resamples, len(need)))
     if need:
-        rng = np.random.default_rng(seed)
-        rows = max(1, BOOTSTRAP_CHUNK_DRAWS // clusters)
         s, c = sums[:, need], counts[:, need]
-        for begin in range(0, resamples, rows):
-            r = min(rows, resamples - begin)
-            draws = rng.integers(0, clusters, size=(r, clusters))
-            draws += (np.arange(r) * clusters)[:, None]
-            weights = np.bincount(draws.ravel(), minlength=r * clusters).reshape(r, clusters)
-            weights = weights.astype(np.float64)
+        for begin, weights in _bootstrap_weights(clusters, resamples, seed):
             with np.errstate(invalid="ignore", divide="ignore"):
-                boot[begin : begin + r] = (weights @ s) / (weights @ c)
+                boot[begin : begin + len(weights)] = (weights @ s) / (weights @ c)
     alpha = (1.0 - level) / 2.0
     out: list[dict[str, Any]] = []
     for m in range(width):
@@ -95,6 +89,36 @@ def bootstrap_ratios(
         lo, hi = np.nanquantile(boot[:, need.index(m)], [alpha, 1.0 - alpha])
         out.append({"mean": mean, "ci95": [float(lo), float(hi)], "n": n})
     return out
+
+
+def _bootstrap_weights(
+    clusters: int, resamples: int, seed: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, per-cluster weights) chunks of the bootstrap's resamples, `resamples` rows of
+    `clusters` draws with replacement from `default_rng(seed)`, at most `BOOTSTRAP_CHUNK_DRAWS`
+    draws a chunk. A run's summary asks for the same draws many times (every metric table and
+    pass@k of one set of groups), so the last single-chunk set is kept and handed out again."""
+    rows = max(1, BOOTSTRAP_CHUNK_DRAWS // clusters)
+    if rows >= resamples:
+        yield 0, _single_chunk_weights(clusters, resamples, seed)
+        return
+    rng = np.random.default_rng(seed)
+    for begin in range(0, resamples, rows):
+        yield begin, _draw_weights(rng, clusters, min(rows, resamples - begin))
+
+
+@functools.lru_cache(maxsize=1)
+def _single_chunk_weights(clusters: int, resamples: int, seed: int) -> np.ndarray:
+    weights = _draw_weights(np.random.default_rng(seed), clusters, resamples)
+    weights.flags.writeable = False
+    return weights
+
+
+def _draw_weights(rng: np.random.Generator, clusters: int, rows: int) -> np.ndarray:
+    draws = rng.integers(0, clusters, size=(rows, clusters))
+    draws += (np.arange(rows) * clusters)[:, None]
+    counts = np.bincount(draws.ravel(), minlength=rows * clusters)
+    return counts.reshape(rows, clusters).astype(np.float64)
 
 
 def bootstrap_mean_ci(
@@ -249,8 +273,16 @@ def _metric_table(
 
 
 def _group_scores(
-    columns: EpisodeColumns, rows: np.ndarray, groups: np.ndarray, seed: int
+    columns: EpisodeColumns,
+    rows: np.ndarray,
+    groups: np.ndarray,
+    seed: int,
+    *,
+    with_avg: bool = True,
 ) -> dict[str, Any]:
+    """pass@k (and Avg@k unless `with_avg` is False) over the full-size groups among `rows`,
+    every k's interval from one bootstrap (the same draws for each, as separate calls with one
+    seed would make)."""
     success = columns.values("success")[rows]
     valid = ~np.isnan(success)
     if not valid.any():
@@ -262,12 +294,14 @@ def _group_scores(
     full = sizes == size
     c = wins[full].astype(np.int64)
     out: dict[str, Any] = {"group_size": size, "groups": int(full.sum()), "pass_at_k": {}}
-    ones = np.ones((len(c), 1))
-    for k in _ks(size):
-        table = np.array([pass_at_k(size, j, k) for j in range(size + 1)])
-        out["pass_at_k"][str(k)] = bootstrap_ratios(table[c][:, None], ones, seed=seed)[0]
-    avg = bootstrap_ratios((c / size)[:, None], ones, seed=seed)[0]
-    out["avg_at_k"] = {"k": size, **avg}
+    ks = _ks(size)
+    scores = [np.array([pass_at_k(size, j, k) for j in range(size + 1)])[c] for k in ks]
+    if with_avg:
+        scores.append(c / size)
+    results = bootstrap_ratios(np.stack(scores, 1), np.ones((len(c), len(scores))), seed=seed)
+    out["pass_at_k"] = {str(k): result for k, result in zip(ks, results)}
+    if with_avg:
+        out["avg_at_k"] = {"k": size, **results[-1]}
     return out
 
 
@@ -324,7 +358,9 @@ def summarize(
             entries[label] = {
                 "episodes": len(rows),
                 "metrics": _metric_table(columns, rows, groups[rows], seed),
-                "pass_at_k": _group_scores(columns, rows, groups[rows], seed)["pass_at_k"],
+                "pass_at_k": _group_scores(columns, rows, groups[rows], seed, with_avg=False)[
+                    "pass_at_k"
+                ],
             }
         summary[bucket_name] = dict(sorted(entries.items()))
     summary["timing"] = timing if timing is not None else columns.timing()

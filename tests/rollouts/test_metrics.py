@@ -94,3 +94,47 @@ def test_summary_pass_at_k_avg_buckets_and_failures() -> None:
     assert summary["timing"]["policy_fraction"] == pytest.approx(0.25)
     lo, hi = summary["metrics"]["reward"]["ci95"]
     assert 0 <= lo <= summary["metrics"]["reward"]["mean"] <= hi <= 2
+
+
+def test_bootstrap_draws_depend_only_on_seed_and_clusters_whatever_was_asked_before() -> None:
+    from boxgym.rollouts import metrics
+
+    rng = np.random.default_rng(5)
+    sums, ones = rng.random((40, 2)), np.ones((40, 2))
+    first = metrics.bootstrap_ratios(sums, ones, seed=0)
+    metrics.bootstrap_ratios(rng.random((41, 1)), np.ones((41, 1)), seed=0)  # other clusters
+    metrics.bootstrap_ratios(sums, ones, seed=1)  # another seed
+    assert metrics.bootstrap_ratios(sums, ones, seed=0) == first
+    # One column at a time draws the same resamples as both at once.
+    alone = [metrics.bootstrap_ratios(sums[:, [m]], ones[:, [m]], seed=0)[0] for m in range(2)]
+    for a, b in zip(alone, first, strict=True):
+        assert a["mean"] == pytest.approx(b["mean"], abs=1e-12)
+        assert a["ci95"] == pytest.approx(b["ci95"], abs=1e-12)
+    # Past the single-chunk size the resamples come in chunks (and are not kept).
+    big = 2 * metrics.BOOTSTRAP_CHUNK_DRAWS // metrics.BOOTSTRAP_RESAMPLES + 3
+    chunked = metrics.bootstrap_ratios(np.arange(big, dtype=float)[:, None], np.ones((big, 1)))
+    lo, hi = chunked[0]["ci95"]
+    assert lo < (big - 1) / 2 < hi
+
+
+def test_pass_at_k_of_one_bootstrap_equals_one_bootstrap_per_k() -> None:
+    from boxgym.rollouts.metrics import bootstrap_ratios
+
+    rng = np.random.default_rng(2)
+    episodes = [
+        episode(f"t{t}", s, float(rng.random() < 0.4 + 0.05 * (t % 5)), 1.0)
+        for t in range(30)
+        for s in range(4)
+    ]
+    summary = summarize(episodes)
+    wins = np.array(
+        [sum(e["metrics"]["success"] for e in episodes[4 * t : 4 * t + 4]) for t in range(30)]
+    )
+    for k in ("1", "2", "4"):
+        table = np.array([pass_at_k(4, c, int(k)) for c in range(5)])
+        alone = bootstrap_ratios(table[wins.astype(int)][:, None], np.ones((30, 1)))[0]
+        assert summary["pass_at_k"][k]["ci95"] == pytest.approx(alone["ci95"], abs=1e-12)
+        assert summary["pass_at_k"][k]["mean"] == pytest.approx(alone["mean"], abs=1e-12)
+    avg = bootstrap_ratios((wins / 4)[:, None], np.ones((30, 1)))[0]
+    assert summary["avg_at_k"]["ci95"] == pytest.approx(avg["ci95"], abs=1e-12)
+    assert summary["by_difficulty"]["easy"]["pass_at_k"] == summary["pass_at_k"]
