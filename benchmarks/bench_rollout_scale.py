@@ -21,6 +21,9 @@ Acceptance (issue 12), each measured as a ratio of runs made side by side on one
              --large, for this checkout and the code before lazy dataset tasks (--base): before,
              every photo was decoded before the run. Reported with CPU time; target: the large
              run's peak within 1.3x of the small one's.
+    encode-thread  one process's oracle rollouts (as `boxgym episodes --scene all`) with its
+             image-encoding thread and inline, free and on one core: what a spare core gives
+             one process, and so each worker process. Reported, no target.
     env-workers  a policy in the parent process over envs in 0 (the runner's own process), 1
              and 2 env worker processes (`boxgym.rollouts.env_host`), as `--workers` runs a
              model policy. The policy is the oracle's text replayed in the parent: a cheap
@@ -35,6 +38,7 @@ Acceptance (issue 12), each measured as a ratio of runs made side by side on one
     OMP_NUM_THREADS=1 python benchmarks/bench_rollout_scale.py workers --n 2000 --repeats 9
     OMP_NUM_THREADS=1 python benchmarks/bench_rollout_scale.py page --base /tmp/base --source-n 200
     OMP_NUM_THREADS=1 python benchmarks/bench_rollout_scale.py env-workers --n 400
+    OMP_NUM_THREADS=1 python benchmarks/bench_rollout_scale.py encode-thread --n 1000 --repeats 5
     OMP_NUM_THREADS=1 python benchmarks/bench_rollout_scale.py tasks-memory --base /tmp/base
 
 Every command runs as a child process; CPU time is the child's user+system time (children of
@@ -81,6 +85,31 @@ def run_child(
         raise RuntimeError(f"{argv} failed: {proc.stderr.read().decode()[-2000:]}")
     proc.stderr.close()
     return usage.ru_utime + usage.ru_stime, wall, usage.ru_maxrss
+
+
+def run_children(runs: list[tuple[list[str], set[int] | None]], root: Path) -> tuple[float, float]:
+    """(summed CPU seconds, wall seconds until the last ends) of `python -m boxgym.cli ARGV`
+    children started together, each on its own `cores` (None: any)."""
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    start = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "boxgym.cli", *argv],
+            cwd=root,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=None if cores is None else (lambda c=cores: os.sched_setaffinity(0, c)),
+        )
+        for argv, cores in runs
+    ]
+    cpu = 0.0
+    for proc in procs:
+        _, status, usage = os.wait4(proc.pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(f"{proc.args} failed")
+        cpu += usage.ru_utime + usage.ru_stime
+    return cpu, time.perf_counter() - start
 
 
 def without_storage(record: dict) -> dict:
@@ -286,7 +315,9 @@ def bench_workers(args: argparse.Namespace, work: Path) -> bool:
 
     free      both runs may use every core of the machine (the target as stated);
     pinned    one process on one core against 2 workers on two cores (`sched_setaffinity`,
-              threads and the workers' parent included): the same cores per process.
+              threads and the workers' parent included): the same cores per process. Beside
+              it, with no pool at all, two shard processes (`--shard 0/2`, `1/2`) started
+              together, one per core: what two processes get from the machine, pool or not.
 
     The ratio is the median over repeats of each repeat's own ratio (its two runs made
     back to back, so a host whose speed drifts between repeats moves both), with a bootstrap
@@ -306,6 +337,7 @@ def bench_workers(args: argparse.Namespace, work: Path) -> bool:
     if args.ways in ("both", "pinned") and len(cores) >= 2:
         ways["pinned"] = {1: {cores[0]}, 2: {cores[0], cores[1]}}
     runs = {(way, n): [] for way in ways for n in (1, 2)}  # (wall-s, CPU-s) per repeat
+    shards: list[tuple[float, float]] = []  # the machine's own ceiling, see below
     for r in range(args.repeats):
         for way, pins in ways.items():
             for workers in (1, 2):
@@ -314,6 +346,22 @@ def bench_workers(args: argparse.Namespace, work: Path) -> bool:
                 runs[way, workers].append((wall, cpu))
                 print(
                     f"  repeat {r} {way}, workers={workers}: {wall:.1f} wall-s, {cpu:.1f} CPU-s",
+                    flush=True,
+                )
+            if way == "pinned":
+                # No pool: two independent processes, one per core, each running half the tasks
+                # (`--shard 0/2`, `--shard 1/2` into one folder). What two processes get from
+                # this machine, pool or not.
+                shutil.rmtree(work / "shards", ignore_errors=True)
+                plain = [a for a in argv if a != "--overwrite"]
+                halves = [
+                    ([*plain, "--out", str(work / "shards"), "--shard", f"{i}/2"], {cores[i]})
+                    for i in (0, 1)
+                ]
+                cpu, wall = run_children(halves, ROOT)
+                shards.append((wall, cpu))
+                print(
+                    f"  repeat {r} pinned, 2 shard processes: {wall:.1f} wall-s, {cpu:.1f} CPU-s",
                     flush=True,
                 )
     out = ["--out", str(work / "w2"), "--workers", "2"]
@@ -335,6 +383,16 @@ def bench_workers(args: argparse.Namespace, work: Path) -> bool:
             f"  2 workers keep {np.median(cpus2 / walls2):.2f} cores busy, 1 process "
             f"{np.median(cpus1 / walls1):.2f}; 2 workers' CPU-s / 1 process's: "
             f"{cpus2.sum() / cpus1.sum():.3f}"
+        )
+    if shards:
+        walls1 = np.array([wall for wall, _ in runs["pinned", 1]])
+        each = walls1 / np.array([wall for wall, _ in shards])
+        cpus1 = np.array([cpu for _, cpu in runs["pinned", 1]])
+        print(
+            f"no pool (pinned): 2 shard processes / 1 process {np.median(each):.2f} (per repeat "
+            f"{', '.join(f'{x:.2f}' for x in each)}); their CPU-s / 1 process's: "
+            f"{sum(cpu for _, cpu in shards) / cpus1.sum():.3f}; the pool's ratio / this: "
+            f"{ratios['pinned'] / np.median(each):.2f}"
         )
     if "free" in ways:
         busy = float(np.median([cpu / wall for wall, cpu in runs["free", 1]]))
@@ -534,6 +592,67 @@ def env_child(args: argparse.Namespace) -> None:
     print(json.dumps({**stats.as_json(), "parent_cpu_s": own.ru_utime + own.ru_stime}))
 
 
+def encode_child(args: argparse.Namespace) -> None:
+    """One encode-thread run (in a child): `boxgym episodes --scene all --policy oracle`'s
+    single-process rollouts with `args.workers` image-encoding threads (0: inline)."""
+    from boxgym.env import EnvConfig
+    from boxgym.policies.scripted import OraclePolicy
+    from boxgym.rollouts.commands import make_env_factory, parse_scenes, scene_tasks
+    from boxgym.rollouts.runner import run_rollouts
+    from boxgym.rollouts.store import EpisodeStore
+
+    tasks = scene_tasks(parse_scenes("all"), args.n, 0, "easy")
+    make_env = make_env_factory(EnvConfig())
+    with EpisodeStore(args.out, image_workers=args.workers) as store:
+        run_rollouts(tasks, OraclePolicy(), make_env, store, progress=False)
+
+
+def bench_encode_thread(args: argparse.Namespace, work: Path) -> bool:
+    """One process's rollouts with its image-encoding thread against encoding inline, on
+    every core and on one core: what a spare core gives a process (and so each worker)."""
+    ways = {"free": None, "one core": {sorted(os.sched_getaffinity(0))[0]}}
+    runs: dict[tuple[str, int], list[tuple[float, float]]] = {
+        (way, n): [] for way in ways for n in (0, 1)
+    }
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    for r in range(args.repeats):
+        for way, cores in ways.items():
+            for threads in (1, 0):
+                out = work / f"t{threads}"
+                shutil.rmtree(out, ignore_errors=True)
+                threads_out = ["--workers", str(threads), "--out", str(out)]
+                start = time.perf_counter()
+                proc = subprocess.Popen(
+                    [sys.executable, __file__, "_encode-child", "--n", str(args.n), *threads_out],
+                    cwd=ROOT,
+                    env=env,
+                    preexec_fn=None
+                    if cores is None
+                    else (lambda c=cores: os.sched_setaffinity(0, c)),
+                )
+                _, status, usage = os.wait4(proc.pid, 0)
+                wall = time.perf_counter() - start
+                if os.waitstatus_to_exitcode(status) != 0:
+                    raise RuntimeError(f"encode-thread child failed ({status})")
+                cpu = usage.ru_utime + usage.ru_stime
+                runs[way, threads].append((wall, cpu))
+                print(
+                    f"  repeat {r} {way}, {'a thread' if threads else 'inline'}: {wall:.2f} "
+                    f"wall-s, {cpu:.2f} CPU-s",
+                    flush=True,
+                )
+    for way in ways:
+        (w1, c1), (w0, c0) = (list(zip(*runs[way, n], strict=True)) for n in (1, 0))
+        each = [a / b for a, b in zip(w0, w1, strict=True)]
+        print(
+            f"encode-thread ({way}): inline / thread wall {statistics.median(each):.2f} (per "
+            f"repeat {', '.join(f'{x:.2f}' for x in each)}); medians: thread "
+            f"{statistics.median(w1):.2f} wall-s {statistics.median(c1):.2f} CPU-s, inline "
+            f"{statistics.median(w0):.2f} wall-s {statistics.median(c0):.2f} CPU-s"
+        )
+    return True
+
+
 def bench_env_workers(args: argparse.Namespace, work: Path) -> bool:
     counts = (0, 1, 2)
     walls: dict[int, list[float]] = {w: [] for w in counts}
@@ -591,7 +710,9 @@ def main(argv: list[str] | None = None) -> int:
             "page",
             "env-workers",
             "tasks-memory",
+            "encode-thread",
             "_env-child",
+            "_encode-child",
         ),
     )
     parser.add_argument("--difficulty", default="easy", help="env-workers: scene difficulty")
@@ -626,6 +747,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "_env-child":
         env_child(args)
         return 0
+    if args.what == "_encode-child":
+        encode_child(args)
+        return 0
     with tempfile.TemporaryDirectory(prefix="boxgym-scale-") as tmp:
         ok = {
             "cpu": bench_cpu,
@@ -634,6 +758,7 @@ def main(argv: list[str] | None = None) -> int:
             "page": bench_page,
             "env-workers": bench_env_workers,
             "tasks-memory": bench_tasks_memory,
+            "encode-thread": bench_encode_thread,
         }.get(args.what, bench_workers)(args, Path(tmp))
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1

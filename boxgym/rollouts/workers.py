@@ -44,11 +44,11 @@ def _start_worker(
     options: dict[str, Any],
 ) -> None:
     # One encoding thread, as the single-process runner has: with a core to spare, one process
-    # runs about 1.25x faster with it (1,000 oracle episodes: 5.9 wall-s against 7.5 inline),
-    # so workers that encoded inline could reach only about 2 / 1.25 = 1.6x one process on a
-    # node with free cores. On a machine the workers already fill, the thread costs nothing
-    # measurable (docs/benchmarks.md). Records wait in `collected` without a flush each;
-    # `_run_chunk` flushes once, before the parent writes the chunk's lines.
+    # runs 1.17x faster with it (1,000 oracle episodes: 6.1 wall-s against 7.1 inline), so
+    # workers that encoded inline could reach at most 2 / 1.17 = 1.7x one process on a node
+    # with free cores, before any cost of the pool. On a machine the workers already fill, the
+    # thread made no measurable difference (docs/benchmarks.md). Records wait in `collected`
+    # without a flush each; `_run_chunk` flushes once, before the parent writes their lines.
     store = EpisodeStore(
         run_dir,
         episodes_dir=episodes_dir,
