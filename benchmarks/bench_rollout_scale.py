@@ -64,21 +64,28 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def start_child(
+    args: list[str], root: Path, cores: set[int] | None = None, stderr: int = subprocess.DEVNULL
+) -> subprocess.Popen:
+    """`python ARGS` from `root` with this checkout's imports and one OpenMP thread, its output
+    dropped; `cores`: the CPUs it (and every process and thread it starts) may run on."""
+    return subprocess.Popen(
+        [sys.executable, *args],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        preexec_fn=None if cores is None else (lambda: os.sched_setaffinity(0, cores)),
+    )
+
+
 def run_child(
     argv: list[str], root: Path, cores: set[int] | None = None
 ) -> tuple[float, float, int]:
     """(CPU seconds, wall seconds, peak RSS in KB) of `python -m boxgym.cli ARGV` from `root`;
     `cores`: the CPUs the child (and every process and thread it starts) may run on."""
-    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "boxgym.cli", *argv],
-        cwd=root,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        preexec_fn=None if cores is None else (lambda: os.sched_setaffinity(0, cores)),
-    )
+    proc = start_child(["-m", "boxgym.cli", *argv], root, cores, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
@@ -90,19 +97,8 @@ def run_child(
 def run_children(runs: list[tuple[list[str], set[int] | None]], root: Path) -> tuple[float, float]:
     """(summed CPU seconds, wall seconds until the last ends) of `python -m boxgym.cli ARGV`
     children started together, each on its own `cores` (None: any)."""
-    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
     start = time.perf_counter()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "boxgym.cli", *argv],
-            cwd=root,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            preexec_fn=None if cores is None else (lambda c=cores: os.sched_setaffinity(0, c)),
-        )
-        for argv, cores in runs
-    ]
+    procs = [start_child(["-m", "boxgym.cli", *argv], root, cores) for argv, cores in runs]
     cpu = 0.0
     for proc in procs:
         _, status, usage = os.wait4(proc.pid, 0)
@@ -336,6 +332,9 @@ def bench_workers(args: argparse.Namespace, work: Path) -> bool:
         ways["free"] = {1: None, 2: None}
     if args.ways in ("both", "pinned") and len(cores) >= 2:
         ways["pinned"] = {1: {cores[0]}, 2: {cores[0], cores[1]}}
+    if not ways:
+        print(f"workers: --ways {args.ways} needs 2 cores, this process may use {len(cores)}")
+        return False
     runs = {(way, n): [] for way in ways for n in (1, 2)}  # (wall-s, CPU-s) per repeat
     shards: list[tuple[float, float]] = []  # the machine's own ceiling, see below
     for r in range(args.repeats):
@@ -614,7 +613,6 @@ def bench_encode_thread(args: argparse.Namespace, work: Path) -> bool:
     runs: dict[tuple[str, int], list[tuple[float, float]]] = {
         (way, n): [] for way in ways for n in (0, 1)
     }
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     for r in range(args.repeats):
         for way, cores in ways.items():
             for threads in (1, 0):
@@ -622,14 +620,8 @@ def bench_encode_thread(args: argparse.Namespace, work: Path) -> bool:
                 shutil.rmtree(out, ignore_errors=True)
                 threads_out = ["--workers", str(threads), "--out", str(out)]
                 start = time.perf_counter()
-                proc = subprocess.Popen(
-                    [sys.executable, __file__, "_encode-child", "--n", str(args.n), *threads_out],
-                    cwd=ROOT,
-                    env=env,
-                    preexec_fn=None
-                    if cores is None
-                    else (lambda c=cores: os.sched_setaffinity(0, c)),
-                )
+                child = [__file__, "_encode-child", "--n", str(args.n), *threads_out]
+                proc = start_child(child, ROOT, cores, stderr=None)
                 _, status, usage = os.wait4(proc.pid, 0)
                 wall = time.perf_counter() - start
                 if os.waitstatus_to_exitcode(status) != 0:
