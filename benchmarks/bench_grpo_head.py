@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import Qwen2VLForConditionalGeneration
     from trl.trainer.utils import add_fused_lm_head
 
-    from boxgym.testing.tiny_model import resolve_model
+    from boxgym.models.cache import resolve_model
     from boxgym.train.grpo import lm_head_scores_completions_only
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

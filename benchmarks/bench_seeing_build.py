@@ -26,16 +26,11 @@ def time_steps(threads: int, steps: int) -> dict[str, float]:
     import torch
     from transformers import Qwen2VLForConditionalGeneration
 
-    from boxgym.testing.seeing_model import (
-        Batcher,
-        SeeingRecipe,
-        reply_vocabulary,
-        seeing_config,
-        step_loss,
-        training_examples,
-        use_linear_patch_embedding,
-    )
-    from boxgym.testing.tiny_model import build_processor
+    from boxgym.models.batches import Batcher, reply_vocabulary, training_examples
+    from boxgym.models.build import use_linear_patch_embedding
+    from boxgym.models.loss import step_loss
+    from boxgym.models.recipe import SeeingRecipe, seeing_config
+    from boxgym.models.tiny import build_processor
 
     torch.set_num_threads(threads)
     recipe = SeeingRecipe()
@@ -75,9 +70,11 @@ def time_prefix(threads: int, rows: int = 8, repeats: int = 3) -> dict[str, floa
     import torch
     from transformers import Qwen2VLForConditionalGeneration
 
-    from boxgym.testing.seeing_model import Batcher, SeeingRecipe, prefix_forward, seeing_config
-    from boxgym.testing.seeing_tasks import make_example
-    from boxgym.testing.tiny_model import build_processor
+    from boxgym.models.batches import Batcher
+    from boxgym.models.loss import prefix_forward
+    from boxgym.models.recipe import SeeingRecipe, seeing_config
+    from boxgym.models.skills import make_example
+    from boxgym.models.tiny import build_processor
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

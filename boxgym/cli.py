@@ -28,7 +28,10 @@ VERBS: dict[str, tuple[str, str]] = {
         "boxgym.rollouts.commands",
         "(Re)write index.html and summary.json for a run directory.",
     ),
-    "tiny-model": ("boxgym.testing.tiny_model", "Build the tiny offline Qwen2-VL checkpoint."),
+    "tiny-model": (
+        "boxgym.models.commands",
+        "Build a tiny Qwen2-VL: the random test model, or (--seeing) the one trained here.",
+    ),
     "playground": (
         "boxgym.policies.playground",
         "Run one free-form prompt through a model; log it.",

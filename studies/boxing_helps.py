@@ -51,7 +51,7 @@ def direct_rows(env_section: Any, seeds: list[int]) -> list[dict[str, Any]]:
 
 def count_reward(completions: list[Any], count: list[int], **_: Any) -> list[float]:
     """1.0 when the reply's first integer is the true count, else 0.0."""
-    from boxgym.testing.seeing_scoring import read_count
+    from boxgym.models.scoring import read_count
 
     rewards = []
     for completion, truth in zip(completions, count):
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="Reuse finished arms in --out.")
     args = parser.parse_args(argv)
 
-    from boxgym.testing.tiny_model import resolve_model
+    from boxgym.models.cache import resolve_model
     from boxgym.train.sft import run_sft
 
     model = resolve_model(args.model)

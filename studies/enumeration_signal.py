@@ -28,8 +28,8 @@ def main() -> None:
     import torch
     from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
 
-    from boxgym.testing.seeing_model import score_tool_replies
-    from boxgym.testing.seeing_tasks import make_example, messages_for, tool_env, tools_for
+    from boxgym.models.evaluation import score_tool_replies
+    from boxgym.models.skills import make_example, messages_for, tool_env, tools_for
 
     torch.set_num_threads(args.threads)
     model = Qwen2VLForConditionalGeneration.from_pretrained(args.model).eval()

@@ -242,7 +242,7 @@ def run_seeing_proof(args: argparse.Namespace) -> int:
     """
     import seeing_proof as sp
 
-    from boxgym.testing.tiny_model import resolve_model
+    from boxgym.models.cache import resolve_model
     from boxgym.train.grpo import run_grpo
     from boxgym.train.sft import run_sft
 

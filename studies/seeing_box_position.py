@@ -37,10 +37,10 @@ import torch
 from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
 
 from boxgym.env.rewards import iou_matrix
-from boxgym.testing.seeing_model import generate_replies
-from boxgym.testing.seeing_scoring import box_scores, ci, read_boxes, score_replies
-from boxgym.testing.seeing_tasks import GROUND_PHRASINGS, Example, make_example, messages_for
-from boxgym.testing.tiny_model import resolve_model
+from boxgym.models.cache import resolve_model
+from boxgym.models.evaluation import generate_replies
+from boxgym.models.scoring import box_scores, ci, read_boxes, score_replies
+from boxgym.models.skills import GROUND_PHRASINGS, Example, make_example, messages_for
 
 SHIFTS = {  # labels of the training vocabulary of 2, 3 and 4 tokens, then longer made-up ones
     "true label": "{label}",

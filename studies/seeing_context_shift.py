@@ -16,9 +16,9 @@ import torch
 from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
 
 from boxgym.env import BoxGymEnv
-from boxgym.testing.seeing_model import seeing_model_path
-from boxgym.testing.seeing_scoring import score_replies
-from boxgym.testing.seeing_tasks import make_example, question_messages
+from boxgym.models.cache import seeing_model_path
+from boxgym.models.scoring import score_replies
+from boxgym.models.skills import make_example, question_messages
 
 torch.set_num_threads(2)
 path = seeing_model_path()

@@ -28,11 +28,15 @@ from pathlib import Path
 import torch
 from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
 
-import boxgym.testing.seeing_tasks as seeing_tasks
-from boxgym.testing import seeing_model as sm
-from boxgym.testing.tiny_model import resolve_model
+import boxgym.models.skills as seeing_tasks
+from boxgym.models.batches import Batcher, reply_vocabulary, training_examples
+from boxgym.models.build import Progress, save_checkpoint, use_linear_patch_embedding
+from boxgym.models.cache import resolve_model
+from boxgym.models.evaluation import final_results
+from boxgym.models.loss import step_loss
+from boxgym.models.recipe import SeeingRecipe
 
-DEFAULT_MIX = json.dumps([[name, share] for name, share in sm.SeeingRecipe().polish_mix])
+DEFAULT_MIX = json.dumps([[name, share] for name, share in SeeingRecipe().polish_mix])
 
 
 def main() -> None:
@@ -58,15 +62,15 @@ def main() -> None:
     base = Path(resolve_model(args.model))
     model = Qwen2VLForConditionalGeneration.from_pretrained(base)
     processor = AutoProcessor.from_pretrained(base)
-    built = sm.SeeingRecipe.from_identity(json.loads((base / "recipe.json").read_text()))
+    built = SeeingRecipe.from_identity(json.loads((base / "recipe.json").read_text()))
     mix = tuple((name, float(share)) for name, share in json.loads(args.mix))
     # one long "full" stage with the pilot's mix, every grounding scene 1-5 objects at once
     recipe = replace(
         built, count_steps=0, full_steps=10**6, ground_curriculum=1e-9, seed=7, full_mix=mix
     )
-    batcher = sm.Batcher(processor, recipe.digit_weight)
-    vocab = sm.reply_vocabulary(batcher)
-    sm.use_linear_patch_embedding(model)
+    batcher = Batcher(processor, recipe.digit_weight)
+    vocab = reply_vocabulary(batcher)
+    use_linear_patch_embedding(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), fused=True)
     generator = torch.Generator().manual_seed(7)
     model.train()
@@ -79,8 +83,8 @@ def main() -> None:
             lr = args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
         for group in optimizer.param_groups:
             group["lr"] = lr
-        examples = sm.training_examples(recipe, step)
-        loss = sm.step_loss(model, batcher, examples, recipe, vocab, generator)
+        examples = training_examples(recipe, step)
+        loss = step_loss(model, batcher, examples, recipe, vocab, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -89,8 +93,8 @@ def main() -> None:
             print(f"step {step} loss {loss.item():.3f} {time.time() - started:.0f} s", flush=True)
     train_minutes = round((time.time() - started) / 60, 1)
     model.eval()
-    prog = sm.Progress(**json.loads((base / "training_log.json").read_text()))
-    results = sm.final_results(model, processor, built, prog, args.eval_scenes, args.ground_scenes)
+    prog = Progress(**json.loads((base / "training_log.json").read_text()))
+    results = final_results(model, processor, built, prog, args.eval_scenes, args.ground_scenes)
     results["pilot"] = {
         "base": str(base),
         "steps": args.steps,
@@ -101,7 +105,7 @@ def main() -> None:
         "minutes": round((time.time() - started) / 60, 1),
     }
     out = Path(args.out)
-    sm.save_checkpoint(model, processor, out.with_suffix(""))
+    save_checkpoint(model, processor, out.with_suffix(""))
     out.write_text(json.dumps(results, indent=1))
     ground, count, tool = results["ground"], results["count"]["accuracy"], results["tool"]
     print(

@@ -7,7 +7,7 @@ distractors, random grid placement. Seed ranges are disjoint by construction: SF
 0..num_examples, GRPO scenes 100000+, held-out evaluation 400000+.
 
 Metrics come from the env (`episodes.jsonl` of a rollout run) or, for plain-text answers, from
-`boxgym.testing.seeing_scoring`; every mean has a 95% bootstrap interval `{"mean", "lo", "hi"}`.
+`boxgym.models.scoring`; every mean has a 95% bootstrap interval `{"mean", "lo", "hi"}`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ DIRECT_QUESTION = "How many shapes are there? Answer with a number."
 
 
 def ci(values: list[float]) -> dict[str, Any]:
-    from boxgym.testing.seeing_scoring import ci as _ci
+    from boxgym.models.scoring import ci as _ci
 
     return _ci(values)
 
@@ -123,7 +123,7 @@ def evaluate_tools(
 
 def direct_examples(env_section: Any, seeds: list[int]):
     """The proof's scenes asked directly: "How many shapes are there? Answer with a number."."""
-    from boxgym.testing.seeing_tasks import Example
+    from boxgym.models.skills import Example
     from boxgym.train.mixture import scene_task
 
     examples = []
@@ -137,8 +137,8 @@ def evaluate_direct(model_path: str, adapter: Path | None, env_section: Any, see
     """Greedy plain-text answers to the direct question, scored by the true count."""
     from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
 
-    from boxgym.testing.seeing_model import generate_replies
-    from boxgym.testing.seeing_scoring import read_count
+    from boxgym.models.evaluation import generate_replies
+    from boxgym.models.scoring import read_count
 
     processor = AutoProcessor.from_pretrained(model_path)
     model = Qwen2VLForConditionalGeneration.from_pretrained(model_path)

@@ -14,6 +14,6 @@ def tiny_model_path() -> Path:
     The cache is `$BOXGYM_CACHE` or `~/.cache/boxgym`; the build is atomic, so parallel test
     sessions share one copy.
     """
-    from boxgym.testing.tiny_model import default_model_path
+    from boxgym.models.cache import default_model_path
 
     return default_model_path()

@@ -133,7 +133,7 @@ class HFPolicy:
         import torch
         from transformers import AutoModelForImageTextToText
 
-        from boxgym.testing.tiny_model import resolve_model
+        from boxgym.models.cache import resolve_model
 
         self.model_path = resolve_model(model)
         self.device = pick_device(device)

@@ -222,6 +222,6 @@ def load_processor(model_path: str | os.PathLike[str] | None = None) -> Any:
 
     `model_path` None means the tiny default model. Loaded once per path and process.
     """
-    from boxgym.testing.tiny_model import resolve_model
+    from boxgym.models.cache import resolve_model
 
     return _load_processor_cached(resolve_model(model_path))

@@ -118,7 +118,7 @@ class VLLMPolicy:
             raise ValueError(
                 f"need temperature >= 0 and top_p in (0, 1], got {temperature}, {top_p}"
             )
-        from boxgym.testing.tiny_model import resolve_model
+        from boxgym.models.cache import resolve_model
 
         self.api = vllm_api if vllm_api is not None else import_vllm()
         self.model_path = resolve_model(model)

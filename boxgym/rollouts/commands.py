@@ -332,7 +332,7 @@ class _DelayedPolicy:
 def check_model_paths(args: argparse.Namespace) -> None:
     """Refuse a --model or --adapter path that does not exist before anything is loaded."""
     if args.policy in ("hf", "vllm") and getattr(args, "model", None):
-        from boxgym.testing.tiny_model import resolve_model
+        from boxgym.models.cache import resolve_model
 
         resolve_model(args.model)  # raises UserError for a local path that is not there
     adapter = getattr(args, "adapter", None)

@@ -26,7 +26,7 @@ from typing import Any
 from PIL import Image
 
 from boxgym.data.scenes.knobs import GRID_MODES, PATCH
-from boxgym.testing.seeing_tasks import COUNT_QUESTION, GROUND_QUESTION  # the seeing model's
+from boxgym.models.skills import COUNT_QUESTION, GROUND_QUESTION  # the seeing model's
 
 TASKS = ("count", "ground")
 # Held out: the seeing model trains on seeds >= 1,000,000 only; training runs and `boxgym episodes`

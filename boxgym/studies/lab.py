@@ -56,8 +56,8 @@ class Lab:
     def policy(self) -> Any:
         """The `HFPolicy` (greedy), loaded on first use."""
         if self._policy is None:
+            from boxgym.models.cache import resolve_model
             from boxgym.policies.hf import HFPolicy
-            from boxgym.testing.tiny_model import resolve_model
 
             self._policy = HFPolicy(
                 model=resolve_model(self.model_name),
@@ -75,8 +75,8 @@ class Lab:
         """The policy's processor, or the model's own when the policy has none (scripted)."""
         processor = getattr(self.policy, "processor", None)
         if processor is None:
+            from boxgym.models.cache import resolve_model
             from boxgym.policies.prompting import load_processor
-            from boxgym.testing.tiny_model import resolve_model
 
             processor = load_processor(resolve_model(self.model_name))
         return processor

@@ -21,8 +21,8 @@ def load_processor(section: ModelSection) -> Any:
     """A fresh processor (training mutates it) with boxgym's chat template and pixel caps."""
     from transformers import AutoProcessor
 
+    from boxgym.models.cache import resolve_model
     from boxgym.policies.prompting import CHAT_TEMPLATE
-    from boxgym.testing.tiny_model import resolve_model
 
     processor = AutoProcessor.from_pretrained(resolve_model(section.path))
     processor.chat_template = CHAT_TEMPLATE
@@ -57,7 +57,7 @@ def load_base_model(section: ModelSection, lora: LoraSection) -> Any:
     """The frozen base model (4-bit when `lora.qlora`)."""
     from transformers import AutoModelForImageTextToText
 
-    from boxgym.testing.tiny_model import resolve_model
+    from boxgym.models.cache import resolve_model
 
     kwargs: dict[str, Any] = {"dtype": _torch_dtype(section.dtype)}
     if section.attn_implementation:

@@ -26,7 +26,7 @@ from typing import Any
 
 from PIL import Image
 
-from boxgym.testing.tiny_model import QWEN2_VL_SPECIAL_TOKENS
+from boxgym.models.tiny import QWEN2_VL_SPECIAL_TOKENS
 
 AUTO_ERROR = (
     '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'

@@ -12,18 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from boxgym.testing.seeing_model import (
-    SeeingRecipe,
-    build_seeing_model,
-    lr_at,
+from boxgym.models.batches import (
     max_objects_for_step,
-    recipe_with,
     skills_for_step,
     train_seed,
     training_examples,
 )
-from boxgym.testing.seeing_scoring import read_boxes, read_count, score_replies
-from boxgym.testing.seeing_tasks import EVAL_SEEDS_END, SKILLS, make_example
+from boxgym.models.build import build_seeing_model
+from boxgym.models.recipe import SeeingRecipe, lr_at, recipe_with
+from boxgym.models.scoring import read_boxes, read_count, score_replies
+from boxgym.models.skills import EVAL_SEEDS_END, SKILLS, make_example
 
 pytestmark = pytest.mark.slow
 
@@ -140,7 +138,7 @@ def test_killed_build_resumes_from_its_partial_state(tmp_path):
     recipe = replace(SMALL, full_steps=12)
     code = (
         "import sys; from dataclasses import replace\n"
-        "from boxgym.testing.seeing_model import SeeingRecipe, build_seeing_model\n"
+        "from boxgym.models.build import build_seeing_model\nfrom boxgym.models.recipe import SeeingRecipe\n"
         f"recipe = {recipe!r}\n"
         f"build_seeing_model({str(out)!r}, recipe, **{BUILD_KW!r})\n"
     )
@@ -175,8 +173,8 @@ def test_some_counting_rows_are_asked_the_bare_question():
 
 
 def test_grounding_rows_can_be_asked_in_many_phrasings():
-    from boxgym.testing.seeing_model import ground_question
-    from boxgym.testing.seeing_tasks import GROUND_PHRASINGS, GROUND_QUESTION
+    from boxgym.models.batches import ground_question
+    from boxgym.models.skills import GROUND_PHRASINGS, GROUND_QUESTION
 
     recipe = SeeingRecipe()
     assert recipe.key() == "2c716a6136"  # the default keeps its key: one phrasing is not recorded
@@ -202,8 +200,8 @@ def test_grounding_rows_can_be_asked_in_many_phrasings():
 
 
 def test_grounding_digits_weigh_more_and_normalisation_is_checked():
-    from boxgym.testing.seeing_model import Batcher
-    from boxgym.testing.tiny_model import build_processor
+    from boxgym.models.batches import Batcher
+    from boxgym.models.tiny import build_processor
 
     batcher = Batcher(build_processor(), digit_weight=2.0)
     ground = make_example("ground", 4)
@@ -255,7 +253,7 @@ def test_recipes_without_the_late_stages_keep_their_published_keys():
 
 
 def test_tool_examples_are_the_oracles_first_turn_in_the_env():
-    from boxgym.testing.seeing_model import score_tool_replies
+    from boxgym.models.evaluation import score_tool_replies
 
     example = make_example("tool", 7)
     assert example.context == "tool"
@@ -269,7 +267,7 @@ def test_tool_examples_are_the_oracles_first_turn_in_the_env():
 def test_the_proof_configs_use_the_tool_skills_env():
     import yaml
 
-    from boxgym.testing.seeing_tasks import TOOL_ENV
+    from boxgym.models.skills import TOOL_ENV
 
     configs = Path(__file__).resolve().parents[2] / "configs"
     for name in ("proof_sft_seeing.yaml", "proof_grpo_seeing.yaml"):
@@ -281,8 +279,10 @@ def test_prefix_forward_matches_a_full_forward():
     import torch
     from transformers import Qwen2VLForConditionalGeneration
 
-    from boxgym.testing.seeing_model import Batcher, prefix_forward, seeing_config
-    from boxgym.testing.tiny_model import build_processor
+    from boxgym.models.batches import Batcher
+    from boxgym.models.loss import prefix_forward
+    from boxgym.models.recipe import seeing_config
+    from boxgym.models.tiny import build_processor
 
     torch.manual_seed(0)
     model = Qwen2VLForConditionalGeneration(seeing_config(SMALL)).eval()
@@ -320,7 +320,9 @@ def test_the_tool_stage_continues_a_built_base(built):
 
 
 def test_the_polish_stage_follows_the_tool_stage_and_continues_a_built_base(built):
-    from boxgym.testing.seeing_model import built_base, lr_at, skills_for_step
+    from boxgym.models.batches import skills_for_step
+    from boxgym.models.cache import built_base
+    from boxgym.models.recipe import lr_at
 
     recipe = SeeingRecipe()  # the default has a polish stage
     without = replace(recipe, polish_steps=0)

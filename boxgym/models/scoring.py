@@ -15,8 +15,8 @@ from typing import Any
 
 from boxgym.env.parsing import parse_tool_calls
 from boxgym.env.rewards import enumeration_scores, grounding_scores
+from boxgym.models.skills import Example, all_shapes
 from boxgym.rollouts.metrics import bootstrap_mean_ci
-from boxgym.testing.seeing_tasks import Example, all_shapes
 from boxgym.tools.frames import frame_to_pixels
 
 NUMBER = re.compile(r"-?\d+")

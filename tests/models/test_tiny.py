@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from boxgym.testing import tiny_model
+from boxgym.models import cache, commands
+from boxgym.models import tiny as tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -91,15 +92,15 @@ def test_build_reuses_a_complete_checkpoint(tiny_model_path):
 
 def test_default_model_path_uses_boxgym_cache(monkeypatch, tmp_path, tiny_model_path):
     monkeypatch.setenv("BOXGYM_CACHE", str(tmp_path))
-    assert tiny_model.cache_dir() == tmp_path
-    assert tiny_model.resolve_model("some/model") == "some/model"
+    assert cache.cache_dir() == tmp_path
+    assert cache.resolve_model("some/model") == "some/model"
 
 
 def test_verb_refuses_a_foreign_directory(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("mine")
     parser = argparse.ArgumentParser()
-    tiny_model.add_arguments(parser, "tiny-model")
-    code = tiny_model.run(parser.parse_args(["--out", str(tmp_path)]))
+    commands.add_arguments(parser, "tiny-model")
+    code = commands.run(parser.parse_args(["--out", str(tmp_path)]))
     assert code == 2
     assert "not a tiny-model checkpoint" in capsys.readouterr().out
     assert (tmp_path / "notes.txt").read_text() == "mine"

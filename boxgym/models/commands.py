@@ -1,0 +1,72 @@
+"""`boxgym tiny-model`: build the tiny offline Qwen2-VL, or (`--seeing`) the seeing one."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from boxgym.models.build import build_seeing_model
+from boxgym.models.cache import default_model_path, seeing_model_path
+from boxgym.models.evaluation import summary_line
+from boxgym.models.recipe import SeeingRecipe, recipe_with
+from boxgym.models.tiny import SEED, build_tiny_model
+
+
+def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="Directory to write the checkpoint to (default: the shared cache, "
+        "$BOXGYM_CACHE or ~/.cache/boxgym).",
+    )
+    parser.add_argument("--seed", type=int, default=SEED, help="Seed for the random weights.")
+    parser.add_argument(
+        "--seeing",
+        action="store_true",
+        help="Build the SEEING tiny model instead: trained here on procedural scenes to count, "
+        "ground and list (resumable and cached; see docs/models.md). Default --out: the cache.",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="With --seeing: override a field of the training recipe (repeatable), e.g. "
+        "--set full_steps=1000. Another recipe is another cache entry.",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="With --seeing: torch threads (default: torch's)."
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.seeing:
+        return run_cli(args)
+    if args.out is None:
+        path = default_model_path()
+    else:
+        out = Path(args.out)
+        if out.exists() and any(out.iterdir()) and not (out / ".complete").is_file():
+            print(f"error: {out} exists and is not a tiny-model checkpoint; choose an empty --out")
+            return 2
+        if out.exists() and not any(out.iterdir()):
+            out.rmdir()
+        path = build_tiny_model(out, seed=args.seed)
+    print(path)
+    return 0
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """`boxgym tiny-model --seeing`: build (or reuse) the seeing checkpoint and print its figures."""
+    recipe = recipe_with(args.set or [])
+    out = Path(args.out) if args.out else seeing_model_path()
+    if recipe != SeeingRecipe() and not args.out:
+        out = out.with_name(f"seeing-qwen2-vl-{recipe.key()}")
+    started = time.time()
+    path = build_seeing_model(out, recipe, threads=args.threads)
+    results = json.loads((path / "results.json").read_text())
+    print(summary_line(results))
+    print(f"({time.time() - started:.1f} s this call)")
+    print(path)
+    return 0
