@@ -1,4 +1,9 @@
-"""`EnvConfig`: every limit and option of the environment, in one validated dataclass."""
+"""`EnvConfig`: every limit and option of the environment, in one validated dataclass.
+
+The defaults are the mark-and-look protocol: one tool call a reply, `draw_box` answering with the
+image carrying every live mark, and only the latest image kept in the conversation. The one-reply
+protocol (every box, then the answer, in one reply) is `ONE_REPLY`.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from boxgym.env.rewards import RewardConfig
-from boxgym.tools.canvas import PATCH
+from boxgym.tools.canvas import MARK_STYLES, PATCH
 from boxgym.tools.frames import FRAMES
 from boxgym.tools.toolbox import (
     DEFAULT_CROP_MAX_PIXELS,
@@ -16,14 +21,19 @@ from boxgym.tools.toolbox import (
     DRAW_BOX_RETURNS,
 )
 
+# What the conversation keeps of the images shown: "all" of them, or only the "last" one (each
+# earlier image is dropped from its message when a newer one arrives, so a turn's context stays
+# bounded however many objects have been marked).
+IMAGE_HISTORIES: tuple[str, ...] = ("all", "last")
+
 
 @dataclass
 class EnvConfig:
     """Limits and options of a `BoxGymEnv` (all explicit; `from_dict` reads YAML mappings)."""
 
-    max_turns: int = field(default=12, metadata={"help": "assistant turns before truncation"})
+    max_turns: int = field(default=100, metadata={"help": "assistant turns before truncation"})
     max_calls_per_turn: int = field(
-        default=10, metadata={"help": "calls run per turn; the rest are refused"}
+        default=1, metadata={"help": "calls run per turn; the rest are refused"}
     )
     max_calls: int = field(default=100, metadata={"help": "calls per episode before truncation"})
     max_boxes: int = field(default=100, metadata={"help": "live boxes at once"})
@@ -33,6 +43,19 @@ class EnvConfig:
     coordinate_frame: str = field(default="qwen", metadata={"help": f"one of {FRAMES}"})
     draw_box_returns: str = field(default="image", metadata={"help": f"one of {DRAW_BOX_RETURNS}"})
     crop_shows_boxes: bool = field(default=True, metadata={"help": "draw live boxes on crops"})
+    image_history: str = field(
+        default="last",
+        metadata={"help": f"images kept in the conversation: one of {IMAGE_HISTORIES}"},
+    )
+    mark_style: str = field(
+        default="tag", metadata={"help": f"how boxes are drawn: one of {MARK_STYLES}"}
+    )
+    box_count_text: bool = field(
+        default=True,
+        metadata={
+            "help": 'draw_box says the box number and "N boxes so far" (off: the marks only)'
+        },
+    )
     max_image_pixels: int = field(
         default=DEFAULT_MAX_IMAGE_PIXELS,
         metadata={"help": "area cap of every image shown (patch grid)"},
@@ -86,6 +109,14 @@ class EnvConfig:
         if self.draw_box_returns not in DRAW_BOX_RETURNS:
             raise ValueError(
                 f"EnvConfig.draw_box_returns must be one of {DRAW_BOX_RETURNS}, got {self.draw_box_returns!r}"
+            )
+        if self.image_history not in IMAGE_HISTORIES:
+            raise ValueError(
+                f"EnvConfig.image_history must be one of {IMAGE_HISTORIES}, got {self.image_history!r}"
+            )
+        if self.mark_style not in MARK_STYLES:
+            raise ValueError(
+                f"EnvConfig.mark_style must be one of {MARK_STYLES}, got {self.mark_style!r}"
             )
         if self.min_image_pixels < PATCH * PATCH:
             raise ValueError(
@@ -146,9 +177,22 @@ class EnvConfig:
             "coordinate_frame": self.coordinate_frame,
             "draw_box_returns": self.draw_box_returns,
             "crop_shows_boxes": self.crop_shows_boxes,
+            "mark_style": self.mark_style,
+            "box_count_text": self.box_count_text,
             "max_boxes": self.max_boxes,
             "max_image_pixels": self.max_image_pixels,
             "min_image_pixels": self.min_image_pixels,
             "crop_min_side": self.crop_min_side,
             "crop_max_pixels": self.crop_max_pixels,
         }
+
+
+# The one-reply protocol: every box and the answer in one reply, draw_box answering in text (the
+# baseline the mark-and-look protocol is measured against).
+ONE_REPLY: dict[str, Any] = {
+    "draw_box_returns": "text",
+    "max_turns": 2,
+    "max_calls_per_turn": 14,
+    "max_calls": 28,
+    "image_history": "all",
+}

@@ -34,6 +34,7 @@ import numpy as np
 
 from boxgym.data.task import Task
 from boxgym.env.config import EnvConfig
+from boxgym.env.history import keep_images
 from boxgym.env.parsing import ParseError, parse_tool_calls, valid_unicode
 from boxgym.env.prompts import system_prompt
 from boxgym.env.rewards import EpisodeOutcome, RewardComponents, score_episode
@@ -140,8 +141,9 @@ class BoxGymEnv(gym.Env[list, str]):
 
     @property
     def messages(self) -> list[dict[str, Any]]:
-        """The full conversation so far (a new list; the messages themselves are shared)."""
-        return list(self._messages)
+        """The conversation so far as the model sees it: every message, with the images that
+        `config.image_history` keeps (a new list; unchanged messages are shared)."""
+        return keep_images(self._messages, self.config.image_history)
 
     @property
     def toolbox(self) -> Toolbox:
@@ -214,6 +216,7 @@ class BoxGymEnv(gym.Env[list, str]):
                 len(task.images),
                 max_calls_per_turn=self.config.max_calls_per_turn,
                 max_turns=self.config.max_turns,
+                marks_shown=self.config.draw_box_returns in ("image", "both"),
             )
             messages.append(_text_message("system", text))
         content: list[dict[str, Any]] = [

@@ -282,7 +282,7 @@ def parse_tool_calls(
         items.append(
             ParseError(
                 f"{result.calls_dropped} tool call(s) after the first {max_calls} in this reply were not run; "
-                f"make at most {max_calls} calls per reply"
+                f"make at most {max_calls} call{'s' if max_calls != 1 else ''} per reply"
             )
         )
     if result.text_truncated:

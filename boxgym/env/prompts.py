@@ -21,18 +21,39 @@ FRAME_TEXT: dict[str, str] = {
     ),
 }
 
-KIND_TEXT: dict[str, str] = {
+# What to do for each task kind. The counting kinds say how the boxes are used, which depends on
+# the protocol: `LOOP_TEXT` when a reply holds one call and the marked image comes back (mark and
+# look), `ONE_REPLY_TEXT` when one reply may box everything and answer.
+LOOP_TEXT: dict[str, str] = {
     "enumerate": (
-        "Go through the objects one at a time: call draw_box once per object, with a short label "
-        "saying what it is, so you can see which ones you have already found. Use crop to look "
-        "closely at small or crowded areas, label to fix a label and remove_box to undo a mistake. "
-        "When every object is boxed, call answer with count (how many) and items (one label per "
-        "object)."
+        "Go through the objects one at a time. In each reply, call draw_box on one object that "
+        "has no box yet, with a short label saying what it is; {seen} When every object is boxed, "
+        "call answer with count (how many) and items (one label per object). Use crop to look "
+        "closely at small or crowded areas, label to fix a label and remove_box to undo a mistake."
     ),
     "count": (
-        "Count carefully: you may call draw_box once per object to keep track of the ones counted, "
-        "and crop to look closely at crowded areas. Then call answer with count."
+        "Count one object at a time. In each reply, call draw_box on one object that has no box "
+        "yet; {seen} When every object is boxed, call answer with count. Use crop to look "
+        "closely at crowded areas and remove_box to undo a mistake."
     ),
+}
+SEEN_TEXT: dict[bool, str] = {
+    True: "the image comes back with every box drawn, so you can see which objects are done.",
+    False: "the boxes drawn so far come back as text.",
+}
+ONE_REPLY_TEXT: dict[str, str] = {
+    "enumerate": (
+        "Call draw_box once per object, with a short label saying what it is, then call answer "
+        "with count (how many) and items (one label per object); one reply may hold every call. "
+        "Use crop to look closely at small or crowded areas, label to fix a label and remove_box "
+        "to undo a mistake."
+    ),
+    "count": (
+        "Count carefully: you may call draw_box once per object to keep track of the ones "
+        "counted, and crop to look closely at crowded areas. Then call answer with count."
+    ),
+}
+OTHER_KIND_TEXT: dict[str, str] = {
     "verify": (
         "Decide whether the statement is true of the image(s). You may crop to look closely and "
         "draw_box to mark what you check. Then call answer with value true or false."
@@ -42,11 +63,15 @@ KIND_TEXT: dict[str, str] = {
         "a point on that object."
     ),
 }
+KINDS: tuple[str, ...] = ("enumerate", "count", "verify", "point")
 
 PREAMBLE = (
     "You are a careful visual assistant. You answer questions about images by calling tools. "
-    'Call a tool by writing <tool_call>{"name": ..., "arguments": {...}}</tool_call>; you may '
-    "make several calls in one reply. The tools' results come back in the next message."
+    'Call a tool by writing <tool_call>{"name": ..., "arguments": {...}}</tool_call>; '
+)
+ONE_CALL = "make one call per reply. Its result comes back in the next message."
+SEVERAL_CALLS = (
+    "you may make several calls in one reply. The tools' results come back in the next message."
 )
 
 
@@ -56,19 +81,29 @@ def system_prompt(
     num_images: int = 1,
     max_calls_per_turn: int | None = None,
     max_turns: int | None = None,
+    marks_shown: bool = True,
 ) -> str:
     """The system instructions for a task of `kind` with coordinates in `frame`.
 
+    `max_calls_per_turn` 1 gives the mark-and-look wording (one object per reply), anything else
+    the one-reply wording; `marks_shown` says whether draw_box answers with the marked image.
     `max_calls_per_turn` and `max_turns`, when given, are stated so the limits are explicit.
     """
-    if kind not in KIND_TEXT:
-        raise ValueError(f"unknown task kind {kind!r}; choose one of {tuple(KIND_TEXT)}")
+    if kind not in KINDS:
+        raise ValueError(f"unknown task kind {kind!r}; choose one of {KINDS}")
     check_frame(frame)
-    parts = [PREAMBLE, KIND_TEXT[kind], FRAME_TEXT[frame]]
+    one_call = max_calls_per_turn == 1
+    if kind in OTHER_KIND_TEXT:
+        task_text = OTHER_KIND_TEXT[kind]
+    elif one_call:
+        task_text = LOOP_TEXT[kind].format(seen=SEEN_TEXT[marks_shown])
+    else:
+        task_text = ONE_REPLY_TEXT[kind]
+    parts = [PREAMBLE + (ONE_CALL if one_call else SEVERAL_CALLS), task_text, FRAME_TEXT[frame]]
     if num_images > 1:
         parts.append("There are two images: pass image=0 for the first and image=1 for the second.")
     limits = []
-    if max_calls_per_turn is not None:
+    if max_calls_per_turn is not None and not one_call:
         limits.append(f"at most {max_calls_per_turn} tool calls per reply")
     if max_turns is not None:
         limits.append(f"at most {max_turns} replies")

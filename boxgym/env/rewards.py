@@ -72,7 +72,7 @@ class RewardConfig:
     turn_penalty: float = field(default=0.05, metadata={"help": "per turn beyond the free budget"})
     turn_penalty_cap: float = field(default=0.2, metadata={"help": "largest total turn penalty"})
     free_calls_per_turn: int = field(
-        default=8, metadata={"help": "calls per turn the free turn budget assumes"}
+        default=1, metadata={"help": "calls per turn the free turn budget assumes"}
     )
     free_extra_turns: int = field(default=1, metadata={"help": "turns allowed beyond the oracle's"})
     invalid_call_penalty: float = field(

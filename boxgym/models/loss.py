@@ -31,7 +31,7 @@ def prefix_forward(model, batch: dict[str, Any]) -> Any:
     positions, _ = model.model.get_rope_index(
         batch["input_ids"],
         mm_token_type_ids=batch["mm_token_type_ids"],
-        image_grid_thw=batch["image_grid_thw"],
+        image_grid_thw=batch.get("image_grid_thw"),
         attention_mask=batch["attention_mask"],
     )
     with torch.no_grad():
@@ -44,8 +44,8 @@ def prefix_forward(model, batch: dict[str, Any]) -> Any:
         attention_mask=batch["attention_mask"],
         position_ids=positions[:, :, n_prefix:],
         past_key_values=cache,
-        pixel_values=batch["pixel_values"],
-        image_grid_thw=batch["image_grid_thw"],
+        pixel_values=batch.get("pixel_values"),
+        image_grid_thw=batch.get("image_grid_thw"),
         mm_token_type_ids=batch["mm_token_type_ids"][:, n_prefix:],
         use_cache=True,
     )
@@ -60,8 +60,8 @@ def batch_hidden(model, batch: dict[str, Any]) -> tuple[Any, int]:
     hidden = model.model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
-        pixel_values=batch["pixel_values"],
-        image_grid_thw=batch["image_grid_thw"],
+        pixel_values=batch.get("pixel_values"),
+        image_grid_thw=batch.get("image_grid_thw"),
         mm_token_type_ids=batch["mm_token_type_ids"],
         use_cache=False,
     ).last_hidden_state

@@ -34,7 +34,7 @@ from typing import Any
 
 from boxgym.models.skills import GROUND_PHRASINGS
 
-BUILD_VERSION = "1"
+BUILD_VERSION = "2"  # part of every key: raised when the training rows of a recipe change
 
 
 @dataclass(frozen=True)

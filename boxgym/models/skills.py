@@ -33,6 +33,7 @@ from typing import Any
 
 from boxgym.data.scenes.families import make_scene_task
 from boxgym.data.task import Task
+from boxgym.env.config import ONE_REPLY
 
 SKILLS: tuple[str, ...] = ("count", "count_clutter", "ground", "list", "tool")
 EVAL_SEEDS_END = 1_000_000  # seeds [0, EVAL_SEEDS_END) are never trained on
@@ -60,16 +61,9 @@ GROUND_PHRASINGS: tuple[str, ...] = (
 )
 LIST_QUESTION = "List the shapes. Answer with their names separated by commas."
 
-# The env of the `tool` skill and of the seeing learning proof (configs/proof_*_seeing.yaml):
-# draw_box answers in text, so one reply boxes every object and answers.
-TOOL_ENV: dict[str, Any] = {
-    "draw_box_returns": "text",
-    "max_turns": 2,
-    "max_calls_per_turn": 14,
-    "max_calls": 28,
-    "max_image_pixels": 50176,
-    "crop_max_pixels": 50176,
-}
+# The env of the `tool` skill and of the seeing learning proof (configs/proof_*_seeing.yaml): the
+# one-reply protocol, draw_box answering in text, so one reply boxes every object and answers.
+TOOL_ENV: dict[str, Any] = {**ONE_REPLY, "max_image_pixels": 50176, "crop_max_pixels": 50176}
 
 
 @dataclass(frozen=True)

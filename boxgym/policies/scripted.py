@@ -158,7 +158,7 @@ class _PlannedPolicy:
     def __init__(
         self,
         *,
-        calls_per_turn: int = 8,
+        calls_per_turn: int = 1,
         frame: str = "qwen",
         seed: int = 0,
         call_format: str = "json",
@@ -253,7 +253,7 @@ class NoisyPolicy(_PlannedPolicy):
         jitter: float = 0.08,
         correction_rate: float = 0.5,
         count_error_rate: float = 0.3,
-        calls_per_turn: int = 8,
+        calls_per_turn: int = 1,
         frame: str = "qwen",
         seed: int = 0,
         call_format: str = "json",

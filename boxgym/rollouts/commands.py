@@ -135,7 +135,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
     )
     pol.add_argument("--policy", default="oracle" if scripted else "hf", choices=choices)
     pol.add_argument(
-        "--calls-per-turn", type=int, help="scripted policies: calls per assistant turn (default 8)"
+        "--calls-per-turn",
+        type=int,
+        help="scripted policies: calls per assistant turn (default: the env's max_calls_per_turn)",
     )
     if not scripted:
         pol.add_argument(
@@ -397,6 +399,8 @@ def execute_run(
             f"bad env.env_kwargs or env.reward_kwargs in the config: {error}"
         ) from error
     kwargs = policy_kwargs(args)
+    if args.policy in ("oracle", "noisy", "random") and "calls_per_turn" not in kwargs:
+        kwargs["calls_per_turn"] = env_config.max_calls_per_turn  # play the env's protocol
     if args.policy == "vllm" and "limit_mm_per_prompt" not in kwargs:
         from boxgym.data.lazy_tasks import most_images
         from boxgym.policies.vllm import episode_image_limit

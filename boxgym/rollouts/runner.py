@@ -40,6 +40,7 @@ import numpy as np
 
 from boxgym.data.lazy_tasks import task_ids
 from boxgym.data.task import Task
+from boxgym.env.history import keep_images
 from boxgym.policies.base import Policy
 from boxgym.policies.scripted import SeededTask
 from boxgym.rollouts.env_host import RUNNER_TURN_GUARD, LocalEnvHost
@@ -123,6 +124,7 @@ def run_rollouts(
     on_stored: Callable[[dict[str, Any]], None] | None = None,
     keys: Sequence[tuple[int, int]] | None = None,
     env_host: Any = None,
+    image_history: str | None = None,
 ) -> RunStats:
     """Run every (task, sample) key not yet in `store` and append each finished episode.
 
@@ -150,6 +152,9 @@ def run_rollouts(
             `LocalEnvHost` over `tasks`, `make_env` and `store`); a `ProcessEnvHost` built on
             the same tasks and store runs them in its worker processes while the policy stays
             here (`make_env` is then unused). The caller closes a host it passes.
+        image_history: what each conversation keeps of its images after a step ("all" or
+            "last", `boxgym.env.history.keep_images`); None reads it from the config of an env
+            that `make_env` builds.
 
     Returns:
         The session's statistics.
@@ -167,8 +172,11 @@ def run_rollouts(
     else:
         keys, skipped = list(keys), 0
     stats = RunStats(skipped_done=skipped)
+    if image_history is None:
+        image_history = getattr(getattr(make_env(), "config", None), "image_history", "all")
     host = env_host if env_host is not None else LocalEnvHost(tasks, make_env, store)
     session = _Session(policy, host, store, seed, stats, run_info or {}, on_episode)
+    session.image_history = image_history
     session.bar = _progress_bar(len(keys), progress)
     pending = deque(keys)
     live: list[_LiveEpisode] = []
@@ -214,6 +222,7 @@ class _Session:
         )
         self.bar: Any = None
         self.started = time.perf_counter()
+        self.image_history = "all"  # what a conversation keeps of its images (keep_images)
 
     def start(self, keys: list[tuple[int, int]]) -> list[_LiveEpisode]:
         """Start these keys on the host; the episodes the env refused are stored at once."""
@@ -274,6 +283,8 @@ class _Session:
         for (ep, _), update in zip(answered, self.host.step(moves)):
             self._count(update)
             ep.conversation.extend(update.messages)
+            if self.image_history != "all":
+                ep.conversation = keep_images(ep.conversation, self.image_history)
             if update.done:
                 ep.done = True
                 self.finish(update.record, sync=False)

@@ -19,28 +19,24 @@ from PIL import Image, ImageDraw, ImageFont
 
 PATCH = 28  # pixels per Qwen2-VL image token along each side (14-px patches, 2x2 merge)
 
-# Distinct, saturated colours (RGB), cycled by box id; chosen to stay apart on light and dark
-# backgrounds. Labels are written in black or white, whichever contrasts more.
+# Mark colours (RGB), cycled by box id in the "tag" style: saturated colours that no scene
+# family draws with (each lies at least 90 RGB units from every colour in `boxgym.data.scenes`,
+# tested), so a mark is never taken for an object. Labels are written in black or white,
+# whichever contrasts more.
 PALETTE: tuple[tuple[int, int, int], ...] = (
-    (230, 25, 75),
-    (60, 180, 75),
-    (0, 130, 200),
-    (245, 130, 48),
-    (145, 30, 180),
-    (70, 240, 240),
-    (240, 50, 230),
-    (210, 245, 60),
-    (250, 190, 212),
-    (0, 128, 128),
-    (220, 190, 255),
-    (170, 110, 40),
-    (255, 225, 25),
-    (128, 0, 0),
-    (170, 255, 195),
-    (128, 128, 0),
-    (255, 215, 180),
-    (0, 0, 128),
+    (255, 0, 255),
+    (128, 255, 0),
+    (0, 255, 200),
+    (255, 0, 128),
+    (0, 0, 160),
+    (128, 0, 255),
 )
+# The one colour of the "outline" and "fill" styles.
+MARK_COLOUR: tuple[int, int, int] = PALETTE[0]
+# How a mark looks: "tag" an outline in its colour with a tag "id: label"; "outline" a thick
+# outline in `MARK_COLOUR`, nothing written; "fill" the box filled with `MARK_COLOUR`, which
+# hides what it covers.
+MARK_STYLES: tuple[str, ...] = ("tag", "outline", "fill")
 
 
 def fit_to_patch_grid(
@@ -133,6 +129,7 @@ class MarkDrawing:
         font_size: the label font size.
         extent: every pixel the mark can touch, (x0, y0, x1, y1) with exclusive ends, clipped
             to the image: redrawing this region redraws the mark completely.
+        style: one of `MARK_STYLES`.
     """
 
     box_id: int
@@ -143,12 +140,16 @@ class MarkDrawing:
     text_origin: tuple[int, int]
     font_size: int
     extent: tuple[int, int, int, int]
+    style: str = "tag"
 
 
 def layout_mark(
-    mark: Mark, image_size: tuple[int, int], max_label_chars: int = 24
+    mark: Mark, image_size: tuple[int, int], max_label_chars: int = 24, style: str = "tag"
 ) -> MarkDrawing | None:
-    """How `draw_marks` draws `mark` on an image of `image_size`; None when it is outside."""
+    """How `draw_marks` draws `mark` on an image of `image_size` in `style`; None when it is
+    outside the image."""
+    if style not in MARK_STYLES:
+        raise ValueError(f"mark style must be one of {MARK_STYLES}, got {style!r}")
     width, height = image_size
     font = label_font(font_size_for(image_size))
     line = max(2, round(min(width, height) / 300))
@@ -156,6 +157,18 @@ def layout_mark(
     x2, y2 = max(x2, x1 + 1), max(y2, y1 + 1)
     if x2 < 0 or y2 < 0 or x1 >= width or y1 >= height:
         return None
+    if style != "tag":  # no tag: the mark's pixels are the box and its rim
+        line = 2 * line if style == "outline" else line
+        extent = (
+            max(0, x1 - line - 2),
+            max(0, y1 - line - 2),
+            min(width, x2 + line + 3),
+            min(height, y2 + line + 3),
+        )
+        return MarkDrawing(
+            mark.box_id, line, (x1, y1, x2, y2), (x1, y1, x1, y1), "", (x1, y1), font.size,
+            extent, style,
+        )  # fmt: skip
     text = f"{mark.box_id}: {mark.label}" if mark.label else str(mark.box_id)
     if len(text) > max_label_chars:
         text = text[: max_label_chars - 1] + "…"
@@ -196,14 +209,21 @@ def _text_bbox(text: str, font_size: int) -> tuple[int, int, int, int]:
 def paint_mark(draw: ImageDraw.ImageDraw, drawing: MarkDrawing, dx: int = 0, dy: int = 0) -> None:
     """Draw a laid-out mark, shifted by (dx, dy) (to draw into a window of the image).
 
-    Each box gets an outline in its colour with a dark rim outside and a light rim inside, so
-    it shows on any background, and a tag "id: label" on a filled background.
+    In the "tag" style a box gets an outline in its colour with a dark rim outside and a light
+    rim inside, so it shows on any background, and a tag "id: label" on a filled background.
+    The "outline" and "fill" styles draw `MARK_COLOUR` inside a dark rim, and nothing else.
     """
-    colour = box_colour(drawing.box_id)
     line = drawing.line
     x1, y1, x2, y2 = drawing.corners
     x1, y1, x2, y2 = x1 + dx, y1 + dy, x2 + dx, y2 + dy
     draw.rectangle((x1 - line, y1 - line, x2 + line, y2 + line), outline=(0, 0, 0), width=1)
+    if drawing.style == "fill":
+        draw.rectangle((x1, y1, x2, y2), fill=MARK_COLOUR)
+        return
+    if drawing.style == "outline":
+        draw.rectangle((x1, y1, x2, y2), outline=MARK_COLOUR, width=line)
+        return
+    colour = box_colour(drawing.box_id)
     draw.rectangle((x1, y1, x2, y2), outline=colour, width=line)
     if x2 - x1 > 2 * line + 2 and y2 - y1 > 2 * line + 2:
         draw.rectangle(
@@ -220,8 +240,10 @@ def paint_mark(draw: ImageDraw.ImageDraw, drawing: MarkDrawing, dx: int = 0, dy:
     )
 
 
-def draw_marks(image: Image.Image, marks: Sequence[Mark], max_label_chars: int = 24) -> None:
-    """Draw numbered, labelled boxes onto `image` in place, in order.
+def draw_marks(
+    image: Image.Image, marks: Sequence[Mark], max_label_chars: int = 24, style: str = "tag"
+) -> None:
+    """Draw numbered, labelled boxes (or marks of another `style`) onto `image` in place, in order.
 
     Each box gets an outline in its colour (with a dark rim outside and a light rim inside, so it
     shows on any background) and a tag "id: label" on a filled background, above the box when
@@ -232,7 +254,7 @@ def draw_marks(image: Image.Image, marks: Sequence[Mark], max_label_chars: int =
         return
     draw = ImageDraw.Draw(image)
     for mark in marks:
-        drawing = layout_mark(mark, image.size, max_label_chars)
+        drawing = layout_mark(mark, image.size, max_label_chars, style)
         if drawing is not None:
             paint_mark(draw, drawing)
 

@@ -6,9 +6,10 @@ are derived from (`boxgym.tools.schema`), and TRL's `environment_factory` treats
 method as a tool. So the class has no other public methods, and no attribute shadows a tool;
 state is private, read through properties and underscore methods.
 
-Every tool returns a list of content blocks, `[{"type": "image", "image": PIL}?, {"type":
-"text", "text": ...}]`. Invalid arguments return one text block starting "Error: " that says
-what was wrong and how to fix it; no tool raises.
+Every tool returns a list of content blocks, `[{"type": "text", "text": ...}, {"type": "image",
+"image": PIL}?]`: the text first, so an image a tool returns is the last thing before the model's
+next reply, at the same distance from it whatever the text says. Invalid arguments return one
+text block starting "Error: " that says what was wrong and how to fix it; no tool raises.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from PIL import Image, ImageDraw
 
 from boxgym.tools.arguments import ToolArgumentError, as_answer, as_integer, as_label, as_number
 from boxgym.tools.canvas import (
+    MARK_STYLES,
     PATCH,
     Mark,
     MarkDrawing,
@@ -120,6 +122,11 @@ class Toolbox:
         draw_box_returns: what `draw_box` shows: "image" (the marked-up working image), "crop"
             (the box's region, upscaled), "both", or "text".
         crop_shows_boxes: whether crops show the boxes drawn so far.
+        mark_style: how boxes are drawn on images: "tag" (numbered, labelled outlines), "outline"
+            or "fill" (see `boxgym.tools.canvas.MARK_STYLES`).
+        box_count_text: whether draw_box and remove_box say the box's number and "N boxes so
+            far"; off, the text names the box's label and place only, so what the model knows
+            of its count comes from the marks.
         max_boxes: the most boxes alive at once.
         max_image_pixels / min_image_pixels: area bounds of the working images (patch grid).
         crop_min_side / crop_max_pixels: upscaling target and area cap of crops (the smaller of
@@ -134,6 +141,8 @@ class Toolbox:
         coordinate_frame: str = "qwen",
         draw_box_returns: str = "image",
         crop_shows_boxes: bool = True,
+        mark_style: str = "tag",
+        box_count_text: bool = True,
         max_boxes: int = 100,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         min_image_pixels: int = DEFAULT_MIN_IMAGE_PIXELS,
@@ -144,6 +153,10 @@ class Toolbox:
             raise ValueError(
                 f"draw_box_returns must be one of {DRAW_BOX_RETURNS}, got {draw_box_returns!r}"
             )
+        if mark_style not in MARK_STYLES:
+            raise ValueError(f"mark_style must be one of {MARK_STYLES}, got {mark_style!r}")
+        if not isinstance(box_count_text, bool):
+            raise ValueError(f"box_count_text must be True or False, got {box_count_text!r}")
         if not isinstance(crop_shows_boxes, bool):
             raise ValueError(
                 f"crop_shows_boxes must be True or False, got {crop_shows_boxes!r} "
@@ -162,6 +175,8 @@ class Toolbox:
         self._frame = check_frame(coordinate_frame)  # how the model writes coordinates
         self._draw_box_returns = draw_box_returns  # what draw_box shows
         self._crop_shows_boxes = crop_shows_boxes
+        self._mark_style = mark_style  # how marks look
+        self._box_count_text = box_count_text  # whether texts give the box number and count
         self._max_boxes = max_boxes
         self._max_image_pixels = max_image_pixels
         self._min_image_pixels = min_image_pixels
@@ -262,7 +277,7 @@ class Toolbox:
         self._box_json[box.box_id] = box.to_json(self._frame, self._sizes[box.image])
         old = self._drawings.get(box.box_id)
         self._drawings[box.box_id] = layout_mark(
-            self._working_mark(box), self._views[box.image].size
+            self._working_mark(box), self._views[box.image].size, style=self._mark_style
         )
         return old
 
@@ -415,6 +430,7 @@ class Toolbox:
                 )
                 for b in shown
             ],
+            style=self._mark_style,
         )
         boxes = [[b.box_id, b.label, *b.pixels] for b in shown]
         with_recipe(image, index, self._sizes[index], (x1, y1, x2, y2), boxes)
@@ -440,8 +456,11 @@ class Toolbox:
         return _image(with_recipe(image, index, self._sizes[index], None, boxes))
 
     def _box_summary(self) -> str:
+        """ " N boxes so far." (with its leading space), or "" when `box_count_text` is off."""
+        if not self._box_count_text:
+            return ""
         n = len(self._boxes)
-        return f"{n} box{'es' if n != 1 else ''} so far."
+        return f" {n} box{'es' if n != 1 else ''} so far."
 
     # ----------------------------------------------------------------------------- tools
 
@@ -478,15 +497,16 @@ class Toolbox:
             self._set_box(box)
             self._next_id += 1
             shown = self._box_json[box.box_id]["box"]
+            number = f" {box.box_id}" if self._box_count_text else ""
             message = (
-                f'Box {box.box_id} "{text}" drawn at ({", ".join(f"{v:g}" for v in shown)})'
-                f"{' on image 1' if index else ''}{_far_edge_note(self._frame, shown)}. "
+                f'Box{number} "{text}" drawn at ({", ".join(f"{v:g}" for v in shown)})'
+                f"{' on image 1' if index else ''}{_far_edge_note(self._frame, shown)}."
                 f"{self._box_summary()}"
             )
             drawing = self._drawings[box.box_id]
             if drawing is not None:
                 paint_mark(ImageDraw.Draw(self._marked[index]), drawing)
-            blocks: Blocks = []
+            blocks: Blocks = [{"type": "text", "text": message}]
             if self._draw_box_returns in ("image", "both"):
                 blocks.append(self._show_marked(index))
             if self._draw_box_returns in ("crop", "both"):
@@ -503,7 +523,6 @@ class Toolbox:
                 )
                 blocks.append(_image(self._crop_image(index, region, self._crop_shows_boxes)))
                 self._tool_images += 1
-            blocks.append({"type": "text", "text": message})
             return blocks
 
         return self._run("draw_box", body)
@@ -530,11 +549,11 @@ class Toolbox:
             picture = self._crop_image(index, region, self._crop_shows_boxes)
             self._tool_images += 1
             return [
-                _image(picture),
                 {
                     "type": "text",
                     "text": f"Crop of image {index}, enlarged to {picture.size[0]}x{picture.size[1]}.",
                 },
+                _image(picture),
             ]
 
         return self._run("crop", body)
@@ -575,7 +594,7 @@ class Toolbox:
             del self._boxes[box.box_id], self._box_json[box.box_id]
             old = self._drawings.pop(box.box_id)
             self._redraw(box.image, old and old.extent)
-            return self._after_edit(box.image, f"Box {box.box_id} removed. {self._box_summary()}")
+            return self._after_edit(box.image, f"Box {box.box_id} removed.{self._box_summary()}")
 
         return self._run("remove_box", body)
 
@@ -637,7 +656,7 @@ class Toolbox:
 
     def _after_edit(self, index: int, message: str) -> Blocks:
         if self._draw_box_returns in ("image", "both"):
-            return [self._show_marked(index), {"type": "text", "text": message}]
+            return [{"type": "text", "text": message}, self._show_marked(index)]
         return _text(message)
 
 

@@ -90,13 +90,23 @@ def assistant_token_mask(input_ids: list[int], turn_start: list[int], turn_end: 
     return mask
 
 
+def last_span(mask: list[bool]) -> list[bool]:
+    """`mask` with only its last run of True left True."""
+    end = max(i for i, m in enumerate(mask) if m) + 1
+    start = end
+    while start > 0 and mask[start - 1]:
+        start -= 1
+    return [start <= i < end for i in range(len(mask))]
+
+
 class ConversationCollator:
     """Collates rows `{"messages", "images", "tools"}` into model inputs with masked labels.
 
     `messages` may hold PIL images in place, or `{"type": "image"}` parts filled from `images`
     (the Arrow form); `tools` is a list of JSON schemas or its JSON text. Each row is rendered
     on its own (rows may carry different tool sets) and the batch is left padded, like the hf
-    policy's inputs.
+    policy's inputs. Every assistant token is a label, or with `last_turn_only` true in the
+    row those of the last assistant turn only (a turn of an `image_history: last` episode).
     """
 
     def __init__(self, processor: Any, max_length: int | None = None) -> None:
@@ -130,6 +140,8 @@ class ConversationCollator:
         mask = assistant_token_mask(ids, self.turn_start, self.turn_end)
         if not any(mask):
             raise ValueError("an SFT row has no assistant turn: nothing to learn from it")
+        if row.get("last_turn_only"):
+            mask = last_span(mask)
         if self.max_length is not None and len(ids) > self.max_length:
             raise ValueError(
                 f"an SFT row renders to {len(ids)} tokens > max_length {self.max_length}: raise "

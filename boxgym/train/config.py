@@ -490,6 +490,14 @@ class GRPORunConfig:
         _check_trainer(self.trainer)
         if self.budget_check not in ("error", "warn", "off"):
             raise ValueError(f"budget_check must be error, warn or off, got {self.budget_check!r}")
+        # TRL's tool loop trains each episode as one token sequence holding every image its
+        # tools returned, so only image_history "all" trains the conversation the env defines.
+        if self.env.env_kwargs.get("image_history", "last") != "all":
+            raise ValueError(
+                "GRPO through TRL keeps every image of an episode in one sequence; set "
+                "env.env_kwargs.image_history: all (the env's default, last, is not available "
+                "to TRL's tool loop)"
+            )
         # TRL 1.16 colocate mode passes quantization="bitsandbytes" to vllm.LLM when the model
         # holds bnb Linear4bit layers (trl/generation/vllm_generation.py), so QLoRA works there;
         # server mode pushes weights to a separately started server, never checked with 4-bit.

@@ -13,6 +13,11 @@ images the tools really returned) becomes the row, with the env's tool schemas. 
 
 Rows: `{"messages", "tools", "images", "source", "task_id", "reward"}`. `images` lists the
 conversation's images in placeholder order (TRL's vision-dataset detection keys on it).
+
+Under `image_history: last` a reply was written seeing only the latest image, so one conversation
+cannot hold every turn as it was seen: such an episode also keeps `turn_prompts`, the
+conversation each reply was written to, and becomes one training example per turn
+(`to_sft_dataset`), the loss on that turn's reply only.
 """
 
 from __future__ import annotations
@@ -85,17 +90,20 @@ def run_episode(env: Any, policy: Any, task: Any, seed: int) -> dict[str, Any]:
     env.reset(seed=seed, options={"task": task})
     tools = env.tool_schemas
     reward, info, done, turns = 0.0, {}, False, 0
+    prompts = []  # the conversation each reply was written to
     while not done:
         turns += 1
         if turns > MAX_TURNS_GUARD:
             raise RuntimeError(
                 f"policy {policy.name!r} did not finish task {task.id} in {MAX_TURNS_GUARD} turns"
             )
-        text = policy.act([list(env.messages)], tools, [SeededTask(task, seed)])[0]
-        _, reward, terminated, truncated, info = env.step(text)
+        prompts.append(env.messages)
+        text = policy.act([prompts[-1]], tools, [SeededTask(task, seed)])[0]
+        new, reward, terminated, truncated, info = env.step(text)
+        prompts[-1] = [*prompts[-1], new[0]]  # with the reply: one training example
         done = terminated or truncated
     messages = list(env.messages)
-    return {
+    row = {
         "messages": messages,
         "tools": tools,
         "images": conversation_images(messages),
@@ -106,6 +114,9 @@ def run_episode(env: Any, policy: Any, task: Any, seed: int) -> dict[str, Any]:
         "metrics": dict(info.get("metrics", {})),
         "failure": str(info.get("failure", "")),
     }
+    if env.config.image_history != "all":
+        row["turn_prompts"] = prompts
+    return row
 
 
 # SFT reads the training split; CountBenchQA has only a test split.
@@ -180,16 +191,20 @@ def to_sft_dataset(rows: list[dict[str, Any]]) -> Any:
         raise ValueError("the SFT mixture is empty: give some source a positive weight")
     records = []
     for row in rows:
-        messages, images = detach_images(row["messages"])
-        records.append(
-            {
-                "messages": messages,
-                "images": images,
-                "tools": json.dumps(row["tools"]),
-                "source": row["source"],
-                "task_id": str(row["task_id"]),
-            }
-        )
+        # an episode of turns that saw different images: one example per turn, its reply learnt
+        examples = row.get("turn_prompts") or [row["messages"]]
+        for conversation in examples:
+            messages, images = detach_images(conversation)
+            records.append(
+                {
+                    "messages": messages,
+                    "images": images,
+                    "tools": json.dumps(row["tools"]),
+                    "source": row["source"],
+                    "task_id": str(row["task_id"]),
+                    "last_turn_only": "turn_prompts" in row,
+                }
+            )
     return datasets.Dataset.from_list(records)
 
 

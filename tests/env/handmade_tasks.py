@@ -55,7 +55,7 @@ def make_task(
     )
 
 
-def oracle_turns(task: Task, frame: str = "qwen", per_turn: int = 8) -> list[str]:
+def oracle_turns(task: Task, frame: str = "qwen", per_turn: int = 1) -> list[str]:
     """One draw_box per object in reading order, then answer, `per_turn` calls per reply."""
     size = task.images[0].size
     calls = []

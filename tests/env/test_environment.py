@@ -119,9 +119,9 @@ def test_oracle_reaches_the_maximum_and_info_is_complete():
 
 
 def test_new_messages_follow_the_message_format():
-    env = BoxGymEnv(tasks=TASKS[:1])
+    env = BoxGymEnv(tasks=TASKS[:1], max_calls_per_turn=8, image_history="all")
     obs, _ = env.reset(seed=0)
-    text = oracle_turns(TASKS[0])[0]
+    text = oracle_turns(TASKS[0], per_turn=8)[0]
     new, _reward, _terminated, _truncated, _info = env.step(text)
     assert new[0] == {"role": "assistant", "content": [{"type": "text", "text": text}]}
     assert [m["name"] for m in new[1:]] == ["draw_box"] * 3 + ["answer"]
@@ -174,7 +174,7 @@ def test_truncation_by_turns_and_calls():
 
 
 def test_invalid_calls_reach_the_model_and_are_counted():
-    env = BoxGymEnv(tasks=TASKS[:1])
+    env = BoxGymEnv(tasks=TASKS[:1], max_calls_per_turn=8)
     env.reset(seed=0)
     text = (
         "<tool_call>{bad}</tool_call>"
@@ -415,7 +415,7 @@ def test_oracle_scores_the_maximum_on_scene_families(family):
 
 def test_extra_calls_are_reported_as_over_budget():
     task = TASKS[0]
-    env = BoxGymEnv(tasks=[task])
+    env = BoxGymEnv(tasks=[task], max_calls_per_turn=8)
     env.reset(seed=0)
     crop = format_tool_call("crop", {"x1": 0, "y1": 0, "x2": 500, "y2": 500})
     env.step(crop * 8)
@@ -519,7 +519,7 @@ def test_a_small_image_cap_alone_also_caps_crops():
     """Lowering max_image_pixels needs no matching crop cap: crops stay within it, on the grid."""
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
-    env = BoxGymEnv(family="shapes", max_image_pixels=224 * 224)
+    env = BoxGymEnv(family="shapes", max_image_pixels=224 * 224, image_history="all")
     env.reset(seed=0)
     _, _, _, _, info = env.step(
         '<tool_call>{"name": "crop", "arguments": {"x1": 0, "y1": 0, "x2": 40, "y2": 40}}</tool_call>'

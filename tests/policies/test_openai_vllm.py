@@ -32,7 +32,9 @@ def oracle_server():
     tasks = scene_tasks(["screens"], 2, 0, "easy")
     by_image = {}
     for task in tasks:
-        messages, _ = BoxGymEnv(config=EnvConfig()).reset(seed=0, options={"task": task})
+        messages, _ = BoxGymEnv(config=EnvConfig(image_history="all")).reset(
+            seed=0, options={"task": task}
+        )
         by_image[first_image(messages)] = task
     oracle = OraclePolicy(call_format="grounding")
 
@@ -47,7 +49,13 @@ def oracle_server():
 
 def run(tasks, policy, out):
     with EpisodeStore(out) as store:
-        run_rollouts(tasks, policy, lambda: BoxGymEnv(config=EnvConfig()), store, progress=False)
+        run_rollouts(
+            tasks,
+            policy,
+            lambda: BoxGymEnv(config=EnvConfig(image_history="all")),
+            store,
+            progress=False,
+        )
     return sorted(read_episodes(out).episodes, key=lambda e: e["key"]["task_index"])
 
 

@@ -191,7 +191,7 @@ def test_real_env_episode_renders_like_trl_and_fits_the_model(processor, tiny_mo
     from boxgym.env import BoxGymEnv
     from boxgym.env.parsing import format_tool_call
 
-    env = BoxGymEnv(family="screens")
+    env = BoxGymEnv(family="screens", image_history="all")  # TRL keeps every image
     env.reset(seed=0, options={"task": make_scene_task("screens", seed=0)})
     prompt = list(env.messages)
     env.step(

@@ -96,7 +96,7 @@ def test_oracle_answers_count_verify_and_point_tasks() -> None:
 def test_oracle_spreads_calls_over_turns() -> None:
     task = make_scene_task("clutter", seed=5, difficulty="hard")  # 40-60 objects
     oracle = OraclePolicy(calls_per_turn=8)
-    reward, info = play(oracle, task, seed=0)
+    reward, info = play(oracle, task, seed=0, config=EnvConfig(max_calls_per_turn=8))
     assert info["metrics"]["num_turns"] == -(-(len(task.objects) + 1) // 8)
     assert reward == pytest.approx(info["metrics"]["max_reward"])
 

@@ -54,7 +54,9 @@ def test_one_batched_policy_call_per_turn(tmp_path) -> None:
     spy = SpyPolicy()
     ts = tasks(4)
     with EpisodeStore(tmp_path) as store:
-        stats = run_rollouts(ts, spy, lambda: BoxGymEnv(), store, group_size=2, progress=False)
+        stats = run_rollouts(
+            ts, spy, lambda: BoxGymEnv(max_calls_per_turn=3), store, group_size=2, progress=False
+        )
     turns = [-(-(len(t.objects) + 1) // 3) for t in ts]
     assert stats.episodes == 8
     # Every live episode in each call: 8 at first, then only those with turns left.
@@ -62,7 +64,13 @@ def test_one_batched_policy_call_per_turn(tmp_path) -> None:
     spy.batches.clear()
     with EpisodeStore(tmp_path / "chunked") as store:
         run_rollouts(
-            ts, spy, lambda: BoxGymEnv(), store, group_size=2, batch_size=3, progress=False
+            ts,
+            spy,
+            lambda: BoxGymEnv(max_calls_per_turn=3),
+            store,
+            group_size=2,
+            batch_size=3,
+            progress=False,
         )
     assert max(spy.batches) == 3 and spy.batches[:3] == [3, 3, 2]
 

@@ -114,12 +114,11 @@ def run_episodes(out: Path, *extra: str) -> None:
 
 
 def renamed(record: dict, i: int, text: str = "") -> dict:
-    """A copy of a stored record under task id `t<i>` (its assistant text padded by `text`)."""
+    """A copy of a stored record under task id `t<i>` (its first assistant text padded by `text`)."""
     record = copy.deepcopy(record)
     record["key"] = {"task_id": f"t{i}", "task_index": i, "sample": 0}
     record["task"]["id"] = f"t{i}"
-    for turn in record["turns"]:
-        turn["assistant"] += text
+    record["turns"][0]["assistant"] += text
     return record
 
 

@@ -54,8 +54,8 @@ def test_marked_images_are_made_when_read_and_behave_like_any_image():
     from boxgym.tools.recipes import DeferredImage
 
     tb = Toolbox([picture(640, 480, 0)], kind="enumerate")
-    first = tb.draw_box(10, 20, 300, 400, "red square")[0]["image"]
-    second = tb.draw_box(400, 500, 900, 900, "blue circle")[0]["image"]
+    first = tb.draw_box(10, 20, 300, 400, "red square")[-1]["image"]
+    second = tb.draw_box(400, 500, 900, 900, "blue circle")[-1]["image"]
     assert isinstance(first, DeferredImage) and first._im is None  # nothing made yet
     assert first.size == second.size == tb.view_images[0].size and first.mode == "RGB"
     assert image_recipe(first)["boxes"][0][:2] == [1, "red square"]

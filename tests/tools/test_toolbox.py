@@ -27,7 +27,8 @@ def toolbox(**kwargs) -> Toolbox:
 
 
 def text(blocks) -> str:
-    return blocks[-1]["text"]
+    """The text block of a tool result (the first block: any image follows it)."""
+    return blocks[0]["text"]
 
 
 def images(blocks) -> list[Image.Image]:
@@ -76,7 +77,7 @@ def test_draw_box_return_modes(mode, n_images):
     box = toolbox(draw_box_returns=mode)
     blocks = box.draw_box(10, 10, 60, 80, "thing")
     assert len(images(blocks)) == n_images
-    assert blocks[-1]["type"] == "text"
+    assert blocks[0]["type"] == "text"  # the text first, the images last
     for picture in images(blocks):
         assert_on_patch_grid(picture)
 

@@ -24,7 +24,13 @@ SECTION = EnvSection(
     family="shapes",
     difficulty="easy",
     scene_knobs={"count": [2, 3], "image_size": 224, "distractors": 0},
-    env_kwargs={"max_image_pixels": 50176, "crop_max_pixels": 50176, "max_turns": 3},
+    env_kwargs={
+        "max_image_pixels": 50176,
+        "crop_max_pixels": 50176,
+        "max_turns": 3,
+        "max_calls_per_turn": 8,
+        "image_history": "all",
+    },
 )
 # What a model writes after the env ended the episode (TRL generates once more): a call that
 # must not count.

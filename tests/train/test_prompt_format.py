@@ -13,7 +13,13 @@ ENV = EnvSection(
     family="shapes",
     difficulty="easy",
     scene_knobs={"count": [2, 2], "image_size": 224, "distractors": 0},
-    env_kwargs={"max_image_pixels": 50176, "crop_max_pixels": 50176, "max_turns": 3},
+    env_kwargs={
+        "max_image_pixels": 50176,
+        "crop_max_pixels": 50176,
+        "max_turns": 3,
+        "max_calls_per_turn": 8,
+        "image_history": "all",
+    },
 )
 SEED = 7
 
@@ -227,3 +233,44 @@ def test_dataset_sources_become_env_episodes(tmp_path):
         assert '"name": "answer"' in calls
     nlvr2 = next(r for r in rows if r["source"] == "nlvr2")
     assert len(nlvr2["messages"][1]["content"]) == 3  # two images + the statement
+
+
+def test_a_last_image_episode_trains_each_reply_on_the_image_it_saw(processor):
+    """Under image_history last each turn saw only its latest image: one example per turn, the
+    loss on that turn's reply only, and each prompt the conversation the reply was written to."""
+    from boxgym.policies.prompting import prepare_inputs
+    from boxgym.policies.registry import make_policy
+    from boxgym.train.collator import ConversationCollator
+    from boxgym.train.mixture import make_env, run_episode, scene_task, to_sft_dataset
+
+    section = EnvSection(
+        family="shapes",
+        difficulty="easy",
+        scene_knobs={"count": [3, 3], "image_size": 224, "distractors": 0},
+        env_kwargs={"max_image_pixels": 50176, "crop_max_pixels": 50176},
+    )
+    env = make_env(section)
+    assert env.config.image_history == "last" and env.config.max_calls_per_turn == 1
+    row = run_episode(env, make_policy("oracle"), scene_task(section, SEED), SEED)
+    assert row["reward"] == pytest.approx(row["metrics"]["max_reward"])
+    dataset = to_sft_dataset([row])
+    assert len(dataset) == 4 and all(dataset["last_turn_only"])  # 3 boxes, then the answer
+    collator = ConversationCollator(processor)
+    turn_start = processor.tokenizer.encode("<|im_start|>assistant\n", add_special_tokens=False)
+    for k, record in enumerate(dataset):
+        assert len(record["images"]) == 1
+        encoded = collator.encode(record)
+        labelled = [t for t in encoded["labels"] if t != -100]
+        reply = processor.tokenizer.decode(labelled)
+        assert reply == row["turn_prompts"][k][-1]["content"][0]["text"] + "<|im_end|>"
+        # the prompt is what a rollout renders for that turn, token for token
+        prompt = prepare_inputs(processor, [row["turn_prompts"][k][:-1]], row["tools"])
+        ids = prompt["input_ids"][0].tolist()
+        assert ids[-len(turn_start) :] == turn_start and encoded["input_ids"][: len(ids)] == ids
+
+
+def test_grpo_refuses_the_last_image_history():
+    from boxgym.train.config import GRPORunConfig
+
+    with pytest.raises(ValueError, match="image_history: all"):
+        GRPORunConfig(env=EnvSection(env_kwargs={"image_history": "last"}))
