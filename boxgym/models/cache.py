@@ -25,13 +25,26 @@ def default_model_path() -> Path:
 
 def resolve_model(model: str | os.PathLike[str] | None) -> str:
     """A model name or path to load: `model` itself, the tiny default for None/"tiny", or the
-    cached seeing checkpoint for "seeing" (which must have been built: it trains for an hour).
+    cached default checkpoint for "seeing" or "marking" (which must have been built: each
+    trains for over an hour).
 
     Raises:
-        FileNotFoundError: "seeing" was asked for and `boxgym tiny-model --seeing` has not run.
+        FileNotFoundError: "seeing" or "marking" was asked for and `boxgym tiny-model --seeing`
+            (or `--marking`) has not run.
     """
     if model is None or str(model) in ("", "tiny"):
         return str(default_model_path())
+    if str(model) == "marking":
+        from boxgym.models.marking import MarkingRecipe, is_built, marking_path
+
+        path = marking_path()
+        if not is_built(path, MarkingRecipe().identity()):
+            raise FileNotFoundError(
+                f"the marking tiny model is not built yet ({path}); build it once with "
+                "`boxgym tiny-model --marking` (about 90 minutes on 2 CPU cores), or pass its "
+                "--out path"
+            )
+        return str(path)
     if str(model) == "seeing":
         path = seeing_model_path()
         if not is_built(path, SeeingRecipe()):

@@ -28,7 +28,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from boxgym.models.marking_skills import EVAL_SEEDS_END, SKILLS, Chat, make_chat
+from boxgym.models.marking_skills import EVAL_SEEDS_END, SKILLS, Chat, make_chat, marking_order
+from boxgym.provenance import provenance
 
 BUILD_VERSION = "1"
 ARMS: tuple[str, ...] = ("G", "G12", "M", "T", "O")
@@ -78,13 +79,13 @@ class MarkingRecipe:
     sampled_negatives: int = 1024
     seed: int = 0
     # The base: stage 1 (count) and stage 2 (ground)
-    count_steps: int = 1500
+    count_steps: int = 1200
     count_mix: tuple[tuple[str, float], ...] = (("glance", 0.75), ("ground", 0.15), ("copy", 0.1))
-    ground_steps: int = 1500
+    ground_steps: int = 1200
     ground_mix: tuple[tuple[str, float], ...] = (("ground", 0.6), ("glance", 0.3), ("copy", 0.1))
     # Stage 3: the arm's continuation
     arm: str = "M"
-    arm_steps: int = 1000
+    arm_steps: int = 800
     arm_lr: float = 5e-4
     mark_style: str = "fill"  # how the loop's marks look (arm M)
 
@@ -228,7 +229,6 @@ def reply_correct(chat: Chat, reply: str) -> bool:
     box at IoU >= 0.5 or the right count when none is left (step), the count (one reply)."""
     from boxgym.env.parsing import parse_tool_calls
     from boxgym.models.scoring import box_scores, read_boxes, read_count
-    from boxgym.policies.scripted import reading_order
 
     calls = parse_tool_calls(reply, max_calls=64).calls
     answers = [c.arguments.get("count") for c in calls if c.name == "answer"]
@@ -244,7 +244,7 @@ def reply_correct(chat: Chat, reply: str) -> bool:
     if len(calls) != 1 or len(boxes) != 1:
         return False
     k = sum(1 for m in chat.messages if m["role"] == "assistant")
-    target = replace(chat.task, objects=[reading_order(chat.task.objects)[k]])
+    target = replace(chat.task, objects=[marking_order(chat.task.objects)[k]])
     return box_scores(boxes, target)[1] == 1.0
 
 
@@ -455,6 +455,7 @@ def _train(
     minutes = round((time.time() - started) / 60, 2)
     results = final_results(model, processor, recipe, eval_scenes)
     results.update(steps=prog.step, minutes=minutes, arm=recipe.arm if recipe.arm_steps else None)
+    results.update(provenance())
     staging = partial / "checkpoint"
     save_checkpoint(model, processor, staging)
     (staging / "recipe.json").write_text(json.dumps(identity, indent=1))

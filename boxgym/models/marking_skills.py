@@ -11,7 +11,7 @@ The skills:
 - ``ground``: the image and "Find every shape. Answer with one box per shape." -> one Qwen2-VL
   grounding string per object in reading order.
 - ``step_marked``: a turn of the mark-and-look loop (`LOOP_ENV`): the env's system turn and
-  tools, the question, and k of the n objects already boxed, one a turn, in reading order, each
+  tools, the question, and k of the n objects already boxed, one a turn (`marking_order`), each
   box drawn on the image that came back (only that latest image kept). The reply boxes the next
   unmarked object, or answers with the count when none is left (k = n). The k earlier boxes are
   the true ones moved by up to `JITTER` of the object's size, as a model's own boxes would be.
@@ -155,6 +155,18 @@ def jittered(box: tuple[float, ...], rng: np.random.Generator, size: tuple[int, 
     )
 
 
+def marking_order(objects: list[Any]) -> list[Any]:
+    """The order the loop boxes objects in: each time the first in reading order of the objects
+    not boxed yet (what a model sees when the boxed ones are covered), which can differ from
+    the reading order of all of them where rows overlap."""
+    rest, order = list(objects), []
+    while rest:
+        first = reading_order(rest)[0]
+        order.append(first)
+        rest = [o for o in rest if o is not first]
+    return order
+
+
 def draws(skill: str, seed: int) -> tuple[int, int]:
     """(n objects, k earlier boxes) of a seed: n uniform over the skill's range, k over 0..n."""
     rng = np.random.default_rng([seed, 0x3A4B])
@@ -172,7 +184,7 @@ def step_messages(task: Task, seed: int, k: int, config: dict[str, Any]) -> tupl
     env.reset(seed=seed, options={"task": task})
     rng = np.random.default_rng([seed, 0x5EED])
     size = task.images[0].size
-    for obj in reading_order(task.objects)[:k]:
+    for obj in marking_order(task.objects)[:k]:
         env.step(grounding(obj, size, jittered(obj.box, rng, size)))
     return env.messages, env.tool_schemas
 
@@ -200,11 +212,11 @@ def make_chat(skill: str, seed: int, mark_style: str = "fill", n: int | None = N
             }
         ]
         if skill == "ground":
-            reply = "\n".join(grounding(o, image.size) for o in reading_order(task.objects))
+            reply = "\n".join(grounding(o, image.size) for o in marking_order(task.objects))
         else:
             reply = str(n)
         return Chat(skill, seed, messages, reply, task=task)
-    order = reading_order(task.objects)
+    order = marking_order(task.objects)
     answer = format_tool_call("answer", {"count": n})
     if skill == "one_reply":
         messages, tools = step_messages(task, seed, 0, env_config(skill))

@@ -209,9 +209,10 @@ def lr_at(recipe: SeeingRecipe, step: int) -> float:
     return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
 
-def recipe_with(overrides: list[str]) -> SeeingRecipe:
-    """The default recipe with `key=value` overrides (values parsed as JSON where they parse)."""
-    recipe = SeeingRecipe()
+def recipe_with(overrides: list[str], recipe: Any = None) -> Any:
+    """`recipe` (default: the default `SeeingRecipe`) with `key=value` overrides (values parsed
+    as JSON where they parse); any frozen recipe dataclass works."""
+    recipe = SeeingRecipe() if recipe is None else recipe
     known = asdict(recipe)
     changes: dict[str, Any] = {}
     for item in overrides:
