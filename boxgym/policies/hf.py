@@ -185,6 +185,7 @@ class HFPolicy:
         # prompt token ids -> (per layer (keys, values) of shape [kv heads, tokens, dim],
         # 3D rotary offset of the tokens after it), least recently used first
         self._prompts: dict[PromptKey, tuple[list[Any], int]] = {}
+        self._prompt_arrays: dict[PromptKey, Any] = {}  # their token ids as arrays
 
     def act(
         self,
@@ -379,9 +380,11 @@ class HFPolicy:
         unmasked tokens, so no real token's position or what it attends to changes.
 
         A row may continue from one of its own earlier prompts only while every row's uncached
-        rest is free of images (their 3D rotary offsets then come from the kept prompt); a batch
-        with new images continues from the shared first turn only, and its positions are
-        computed over the whole prompt as usual.
+        rest is free of images (their 3D rotary offsets then come from the kept prompt). A batch
+        with new images continues each row from the longest image-free start it shares with a
+        kept prompt (`_image_free_starts`: under `image_history: last` that is the whole earlier
+        conversation up to the image just dropped, so a turn encodes only what changed), and
+        its positions are computed over the whole prompt as usual.
 
         Returns:
             The model inputs (rearranged, cache included) for `_decode`, per row the
@@ -398,7 +401,7 @@ class HFPolicy:
         cached = [self._longest_kept(row) for row in tokens]
         sizes = [len(key[0]) if key else 0 for key in cached]
         if any(bool(seen[size:].any()) for seen, size in zip(vision, sizes)) or not any(cached):
-            cached = self._shared_first_turn(tokens, vision)
+            cached = self._image_free_starts(tokens, vision)
             used = set()
             # with images, `_decode` computes the offsets over the whole prompts; without, 0
             rope_deltas = None if any(bool(seen.any()) for seen in vision) else [0] * rows
@@ -456,6 +459,47 @@ class HFPolicy:
             self._prompts[best] = self._prompts.pop(best)  # most recently used last
         return best
 
+    def _image_free_starts(self, rows: list[PromptKey], vision) -> list[PromptKey | None]:
+        """Per row, a kept image-free prompt to continue from: the longest start free of image
+        tokens that the row shares with any kept prompt (kept now as a prompt of its own, its
+        keys and values cut from the longer one's, which causal attention leaves unchanged),
+        else the shared first turn, else None."""
+        import numpy as np
+
+        shared = self._shared_first_turn(rows, vision)
+        out: list[PromptKey | None] = []
+        for (tokens, _), seen, first in zip(rows, vision, shared):
+            limit = len(tokens) - 1  # at least one token is left to encode
+            if bool(seen.any()):
+                limit = min(limit, int(seen.nonzero()[0, 0]))
+            row = np.asarray(tokens[:limit])
+            best, size = first, len(first[0]) if first else 0
+            for key in list(self._prompts):
+                kept = self._prompt_array(key)
+                m = min(len(kept), limit)
+                if m <= size:
+                    continue
+                differ = np.flatnonzero(kept[:m] != row[:m])
+                common = int(differ[0]) if differ.size else m
+                if common > size:
+                    best, size = key, common
+            if best is not None and len(best[0]) != size:
+                layers, _delta = self._prompts[best]
+                cut = (tuple(tokens[:size]), ())
+                self._remember(cut, [(k[:, :size], v[:, :size]) for k, v in layers], 0)
+                best = cut
+            out.append(best)
+        return out
+
+    def _prompt_array(self, key: PromptKey):
+        """A kept prompt's token ids as a numpy array (made once per prompt)."""
+        import numpy as np
+
+        array = self._prompt_arrays.get(key)
+        if array is None:
+            array = self._prompt_arrays[key] = np.asarray(key[0])
+        return array
+
     def _shared_first_turn(self, rows: list[PromptKey], vision) -> list[PromptKey | None]:
         """Per row, the shared first turn to continue from (encoded now if new), or Nones.
 
@@ -487,7 +531,9 @@ class HFPolicy:
         self._prompts[key] = (layers, rope_delta)
         limit = max(KEPT_PROMPTS, 4 * self.batch_size)
         while len(self._prompts) > limit:
-            self._prompts.pop(next(iter(self._prompts)))
+            dropped = next(iter(self._prompts))
+            self._prompts.pop(dropped)
+            self._prompt_arrays.pop(dropped, None)
 
     def _empty_cache(self):
         """A `DynamicCache` whose plain layers keep room for `max_new_tokens` more tokens."""
@@ -534,6 +580,7 @@ class HFPolicy:
         torch = self._torch
         for key in superseded:
             self._prompts.pop(key, None)
+            self._prompt_arrays.pop(key, None)
         cache = inputs["past_key_values"]
         deltas = getattr(self._rope_owner, "rope_deltas", None)
         for r, cols in enumerate(columns):

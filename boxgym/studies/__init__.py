@@ -20,6 +20,7 @@ STUDIES: dict[str, str] = {
     "information": "boxgym.studies.information",
     "image-information": "boxgym.studies.image_information",
     "probe": "boxgym.studies.probe",
+    "marking": "boxgym.studies.marking",
 }
 
 

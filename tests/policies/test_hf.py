@@ -344,3 +344,41 @@ def test_top_k_and_top_p_keep_only_the_top_tokens(make_policy):
     logits[:, 10] = 12.5  # about 64% of the mass: without top_p a third of the picks differ
     picks = policy._pick(logits.clone(), torch.rand(200, UNIFORMS_PER_STEP, dtype=torch.float64))
     assert set(picks.tolist()) == {10}
+
+
+def mark_and_look_states():
+    """The conversations of a mark-and-look episode before each of its 4 replies (the oracle's
+    boxes, the marked image back, only the latest image kept)."""
+    from boxgym.data.scenes import make_scene_task
+    from boxgym.env import BoxGymEnv
+    from boxgym.env.history import keep_images
+    from boxgym.policies.scripted import OraclePolicy, SeededTask
+
+    task = make_scene_task("shapes", 3, "easy", count=(3, 3), image_size=224, distractors=(0, 0))
+    env = BoxGymEnv(max_image_pixels=224 * 224, crop_max_pixels=224 * 224)
+    messages, _ = env.reset(seed=0, options={"task": task})
+    conversation, states = list(messages), []
+    for _ in range(4):
+        states.append(list(conversation))
+        (text,) = OraclePolicy().act([conversation], env.tool_schemas, [SeededTask(task, 0)])
+        new, *_ = env.step(text)
+        conversation = keep_images([*conversation, *new], "last")
+    return states, env.tool_schemas
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_turn_whose_earlier_image_was_dropped_continues_the_kept_text(make_policy, temperature):
+    """Under image_history last each turn drops the image before it: the policy continues from
+    the conversation's image-free start, encoded at the turn before, with the same texts."""
+    states, tools = mark_and_look_states()
+    texts = {}
+    for reuse in (True, False):
+        policy = make_policy(reuse_prompts=reuse, max_new_tokens=6)
+        policy.reseed(3)
+        policy.temperature = temperature
+        texts[reuse] = [policy.act([state], tools)[0] for state in states]
+        if reuse:
+            lengths = sorted(len(key[0]) for key in policy._prompts if not key[1])
+            first_turn = lengths[0]
+            assert len(lengths) >= 3 and lengths[-1] > first_turn  # image-free starts were cut
+    assert texts[True] == texts[False]
