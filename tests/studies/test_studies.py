@@ -46,6 +46,7 @@ def check_outputs(out, study) -> list[dict[str, str]]:
 
 
 @pytest.mark.parametrize("name", list(TINY))
+@pytest.mark.slow
 def test_study_runs_on_a_tiny_setting(name, lab, tmp_path):
     study = load_study(name)
     result = run_study(study, lab, tmp_path, overrides=TINY[name], command=f"boxgym study {name}")
