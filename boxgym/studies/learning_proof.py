@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -249,8 +250,15 @@ def grpo_curve(grpo_dir: Path) -> list[dict[str, Any]]:
     ]
 
 
-def run_stage_training(stage: str, config: Any, progress: Progress, out: Path) -> Path:
-    """Train `stage` ("sft" or "grpo") unless progress says it finished; its adapter."""
+def run_stage_training(
+    stage: str,
+    config: Any,
+    progress: Progress,
+    out: Path,
+    train: Callable[[Any], Path] | None = None,
+) -> Path:
+    """Train `stage` ("sft" or "grpo") with `config` unless progress says it finished; its
+    adapter. `train` (config -> adapter) replaces `run_sft` / `run_grpo`."""
     from boxgym.train.grpo import run_grpo
     from boxgym.train.sft import run_sft
 
@@ -261,7 +269,8 @@ def run_stage_training(stage: str, config: Any, progress: Progress, out: Path) -
     if any(folder.glob("checkpoint-*")):
         config.resume_from_checkpoint = True
     started = time.perf_counter()
-    adapter = run_sft(config) if stage == "sft" else run_grpo(config)
+    train = train or (run_sft if stage == "sft" else run_grpo)
+    adapter = train(config)
     log = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))["log_history"]
     progress.stages[stage] = {
         "adapter": str(adapter),

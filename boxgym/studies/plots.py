@@ -100,7 +100,7 @@ def draw_metric(
             continue
         if numeric:
             mine.sort(key=lambda r: r[x])
-        label = f"{hue}={h}" if hue else None
+        label = str(h) if hue else None
         means = [r[f"{metric}_mean"] for r in mine]
         los = [r[f"{metric}_lo"] for r in mine]
         his = [r[f"{metric}_hi"] for r in mine]
@@ -123,6 +123,8 @@ def draw_metric(
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted(xs_all), [f"{v:g}" for v in sorted(xs_all)])
         ax.minorticks_off()
+    elif numeric and all(isinstance(v, int) for v in xs_all) and len(xs_all) <= 20:
+        ax.set_xticks(sorted(xs_all))
     if not numeric:
         ax.set_xticks(range(len(xs_all)), [str(v) for v in xs_all], rotation=20)
         ax.set_xlim(-0.6, len(xs_all) - 0.4)
@@ -141,7 +143,7 @@ def fix_y_range(ax: Any, metric: str) -> None:
         ax.set_ylim(bottom=0)
 
 
-def legends_below(fig: Any) -> None:
+def legends_below(fig: Any, title: str | None = None) -> None:
     """One legend for the whole figure, below its panels: every labelled line, once."""
     handles: dict[str, Any] = {}
     for ax in fig.axes:
@@ -154,8 +156,10 @@ def legends_below(fig: Any) -> None:
     if not handles:
         fig.tight_layout(rect=(0, 0, 1, 0.94))
         return
-    columns = min(len(handles), 4)
-    rows = -(-len(handles) // columns)
+    longest = max(len(label) for label in handles)
+    fits = max(1, int(fig.get_figwidth() * 72 / (5 * longest + 30)))
+    columns = min(len(handles), fits)
+    rows = -(-len(handles) // columns) + (1 if title else 0)
     fig.legend(
         list(handles.values()),
         list(handles),
@@ -163,8 +167,12 @@ def legends_below(fig: Any) -> None:
         ncol=columns,
         fontsize=8,
         frameon=False,
+        title=title,
+        title_fontsize=8,
     )
-    fig.tight_layout(rect=(0, 0.04 + 0.045 * rows, 1, 0.94))
+    legend_inches = 0.1 + 0.19 * rows
+    fig.set_figheight(fig.get_figheight() + legend_inches)
+    fig.tight_layout(rect=(0, legend_inches / fig.get_figheight(), 1, 0.94))
 
 
 def plot_study(
@@ -191,13 +199,15 @@ def plot_study(
             m for m in study.plot_metrics if any(r.get(f"{m}_mean") is not None for r in rows)
         ]
         metrics = metrics or [study.metrics[0]]
-        fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.8), squeeze=False)
+        fig, axes = plt.subplots(
+            1, len(metrics), figsize=(max(8.0, 5.2 * len(metrics)), 4.8), squeeze=False
+        )
         for ax, metric in zip(axes[0], metrics):
             baseline = baselines.get(metric) if metric in ACCURACIES else None
             draw_metric(ax, rows, study.plot_x, study.plot_hue, metric, study.plot_log_x, baseline)
     name = Path(str(model.get("model") or "")).name or str(model.get("model"))
     adapter = f" + {Path(str(model['adapter'])).name}" if model.get("adapter") else ""
     fig.suptitle(f"{study.name}: {name}{adapter} (95% CI)", fontsize=11)
-    legends_below(fig)
+    legends_below(fig, axis_label(study.plot_hue) if study.plot_hue else None)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -109,6 +109,11 @@ def test_cli_lists_every_study():
         (["rotation"], "--out DIR is required"),
         (["rotation", "--out", "x", "--set", "angels=[1]"], "unknown setting 'angels'"),
         ([], "name a study"),
+        (
+            ["learning-proof", "--out", "x", "--set", "trainer.learning_rate=1e-4"],
+            "SFT and GRPO config overrides are --sft-set KEY=VALUE",
+        ),
+        (["patch-grid", "--out", "x", "--sft-steps", "3"], "--sft-steps is not an option"),
     ],
 )
 def test_cli_errors_are_one_line(args, message, tmp_path):

@@ -7,7 +7,7 @@ seeing model's own distribution (its env context: system turn, tools, the env's 
 each as the episode's first turn in the env, and counts the samples whose enumeration F1 exceeds
 0.5 and the groups with any non-zero enumeration F1.
 
-    python studies/enumeration_signal.py --model ~/.cache/boxgym/seeing-qwen2-vl-<key> --scenes 16 --group 8
+    python experiments/enumeration_signal.py --model ~/.cache/boxgym/seeing-qwen2-vl-<key> --scenes 16 --group 8
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ thing (`boxgym tiny-model --seeing --set ... --set polish_steps=N` continues the
 the same recipe without it, with the recipe's schedule: 50 warm-up steps, floor 0.05); this
 script is what measured the figures in docs/models.md, and it also takes any mix and `--padded`.
 
-    python studies/seeing_polish_pilot.py --model DIR --steps 500 --out OUT.json \\
+    python experiments/seeing_polish_pilot.py --model DIR --steps 500 --out OUT.json \\
         [--mix '[["ground", 0.8], ["count", 0.2]]'] [--padded]
 """
 

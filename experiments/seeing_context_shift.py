@@ -5,7 +5,7 @@ env's system turn (instructions, about 250 tokens, plus the five tool schemas, a
 before it. This asks the grounding question on 60 held-out scenes (seeds 999500-999559, never
 trained on) three ways, greedy, and scores boxes at IoU >= 0.5:
 
-    python studies/seeing_context_shift.py OUT.json
+    python experiments/seeing_context_shift.py OUT.json
 """
 
 import json

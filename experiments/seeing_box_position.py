@@ -23,7 +23,7 @@ on held-out scenes (seeds below 1,000,000, never trained on):
    true label, or that label 3 words longer), and the model writes the second box: the share
    at IoU >= 0.5 on the second object. Does a later box depend on its text position as well?
 
-    python studies/seeing_box_position.py --model DIR --out OUT.json [--scenes 200] [--singles 100]
+    python experiments/seeing_box_position.py --model DIR --out OUT.json [--scenes 200] [--singles 100]
 """
 
 from __future__ import annotations
