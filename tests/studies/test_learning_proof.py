@@ -41,6 +41,7 @@ def check_metrics(section: dict, n: int) -> None:
 
 def test_results_hold_each_stage_by_metric_and_true_count(proof):
     out, result = proof
+    assert result["grpo"]["after"]["count_accuracy"]["n"] == 6
     saved = json.loads((out / "results.json").read_text())
     assert saved["grpo"]["before"] == saved["sft"]["held_out"]
     for section in (saved["base"]["held_out"], saved["grpo"]["before"], saved["grpo"]["after"]):
