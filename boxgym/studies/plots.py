@@ -140,7 +140,8 @@ def fix_y_range(ax: Any, metric: str) -> None:
     if metric in UNIT_INTERVAL:
         ax.set_ylim(-0.02, 1.02)
     elif metric != "reward":
-        ax.set_ylim(bottom=0)
+        top = max(ax.get_ylim()[1], 0.0)
+        ax.set_ylim(0, top * 1.08 or 1.0)
 
 
 def legends_below(fig: Any, title: str | None = None) -> None:
@@ -175,16 +176,14 @@ def legends_below(fig: Any, title: str | None = None) -> None:
     fig.tight_layout(rect=(0, legend_inches / fig.get_figheight(), 1, 0.94))
 
 
-def plot_study(
-    path: Path,
+def study_figure(
     study: Study,
     rows: list[dict[str, Any]],
     model: dict[str, Any],
     output: StudyOutput,
     baselines: dict[str, float] | None = None,
-) -> None:
-    """Write the study's plot to `path`; `baselines` maps an accuracy metric to its majority
-    line."""
+) -> Any:
+    """The study's figure; `baselines` maps an accuracy metric to its majority line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -209,5 +208,20 @@ def plot_study(
     adapter = f" + {Path(str(model['adapter'])).name}" if model.get("adapter") else ""
     fig.suptitle(f"{study.name}: {name}{adapter} (95% CI)", fontsize=11)
     legends_below(fig, axis_label(study.plot_hue) if study.plot_hue else None)
+    return fig
+
+
+def plot_study(
+    path: Path,
+    study: Study,
+    rows: list[dict[str, Any]],
+    model: dict[str, Any],
+    output: StudyOutput,
+    baselines: dict[str, float] | None = None,
+) -> None:
+    """Write the study's figure to `path`."""
+    import matplotlib.pyplot as plt
+
+    fig = study_figure(study, rows, model, output, baselines)
     fig.savefig(path, dpi=110)
     plt.close(fig)
