@@ -31,12 +31,12 @@ test: $(FULL_STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(CORE_STAMP)
-	$(BIN)/ruff check boxgym tests benchmarks
-	$(BIN)/ruff format --check boxgym tests benchmarks
+	$(BIN)/ruff check boxgym tests benchmarks experiments
+	$(BIN)/ruff format --check boxgym tests benchmarks experiments
 
 format: $(CORE_STAMP)
-	$(BIN)/ruff check --fix boxgym tests benchmarks
-	$(BIN)/ruff format boxgym tests benchmarks
+	$(BIN)/ruff check --fix boxgym tests benchmarks experiments
+	$(BIN)/ruff format boxgym tests benchmarks experiments
 
 bench: $(FULL_STAMP)
 	$(BIN)/python benchmarks/run_all.py

@@ -3,7 +3,7 @@
 Runs the same N seeded scene tasks through `boxgym.rollouts.runner.run_rollouts` twice with the
 `hf` policy, once one conversation per policy call and once `--batch` at a time, and reports
 episodes per second, the speed-up, and the share of wall time spent outside the policy.
-Acceptance (issue 3): batch 16 reaches at least 4x the episodes/s of batch 1. Each batch size
+Target: batch 16 reaches at least 4x the episodes/s of batch 1. Each batch size
 runs `--repeats` times, alternating, and the median runs are compared.
 
 Conditions are a real rollout's: the env's default settings (12 turns at most, the default

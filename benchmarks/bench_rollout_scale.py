@@ -1,6 +1,6 @@
 """Rollouts at scale: episodes per CPU-second, peak memory against n, resume cost, workers.
 
-Acceptance (issue 12), each measured as a ratio of runs made side by side on one machine:
+Targets, each measured as a ratio of runs made side by side on one machine:
 
     cpu      `boxgym episodes --scene all --policy oracle --n 200` at >= 5x the episodes per
              CPU-second of the code before this work (a checkout given by --base), with an

@@ -1,6 +1,6 @@
 """Scene generation speed: scenes per second per family and difficulty, one core, 448x448.
 
-Acceptance (issue 2): at least 200 scenes/s per core for each family at 448x448, clutter with
+Target: at least 200 scenes/s per core for each family at 448x448, clutter with
 up to 60 objects included (its "hard" preset draws 40-60 objects plus 3-10 distractors).
 
     python benchmarks/bench_scenes.py --n 300

@@ -1,6 +1,6 @@
 """Env step cost against the number of boxes drawn, and scene cost per pixel against image size.
 
-Acceptance (issue 12):
+Targets:
 - `draw_box`, `label` and `crop` step time with 50 boxes drawn within 1.3x of the time with 1;
 - scene generation cost per pixel at 1344 px within 1.5x of that at 1008 px, for every preset.
 

@@ -1,4 +1,5 @@
-"""Where a result came from: the command, the commit and the date, recorded in result files."""
+"""Where a result came from: the command, the commit, the checkpoint and the date, recorded in
+result files (every file in `results/` carries them)."""
 
 from __future__ import annotations
 
@@ -39,3 +40,16 @@ def provenance(command: str | None = None) -> dict[str, str | None]:
         "commit": git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+NOT_RECORDED = "not recorded"  # what a result file says where history lost a field
+SEEING_PREFIX = "seeing-qwen2-vl-"
+
+
+def checkpoint_key(model: str | None) -> str:
+    """The short name of a checkpoint: a seeing model's recipe key (the folder
+    `seeing-qwen2-vl-<key>`), else the folder's name or the hub id."""
+    if not model:
+        return NOT_RECORDED
+    name = Path(str(model)).name if Path(str(model)).exists() else str(model)
+    return name.removeprefix(SEEING_PREFIX)

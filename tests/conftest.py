@@ -17,3 +17,12 @@ def tiny_model_path() -> Path:
     from boxgym.models.cache import default_model_path
 
     return default_model_path()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that loads the tiny model (the `tiny_model_path` fixture, directly or through
+    another fixture) is `slow`: loading it and its processor takes seconds, so the
+    `pytest -m "not slow"` loop leaves them out."""
+    for item in items:
+        if "tiny_model_path" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

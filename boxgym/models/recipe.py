@@ -77,8 +77,9 @@ class SeeingRecipe:
     # GROUND_QUESTION, the held-out evaluation's question (and out of the recipe's key)
     ground_phrasings: int = 1
     # "example": each example's reply tokens share one unit of weight, so a 2-token count reply
-    # weighs as much as a 120-token grounding reply; "token": every reply token weighs the same
-    # (the first build's choice: counting then got 0.5% of the loss and fell from 0.85 to 0.69).
+    # weighs as much as a 120-token grounding reply; "token": every reply token weighs the same,
+    # which leaves the short count replies about 0.5% of the loss once grounding rows join, and
+    # counting then falls back.
     loss_normalization: str = "example"
     full_vocab_positions: int = 32
     sampled_negatives: int = 1024

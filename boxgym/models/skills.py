@@ -20,7 +20,7 @@ question, and the exact reply the model should give. Five skills:
   there? List them."), and the oracle's first reply: every object boxed in Qwen2-VL's grounding
   format, then an ``answer`` tool call with the count and the items. The other skills see no
   system turn; without this one the model's grounding falls to zero as soon as one precedes
-  the question (studies/seeing_context_shift.py).
+  the question (experiments/seeing_context_shift.py measures it).
 
 Seeds below `EVAL_SEEDS_END` are held out: training draws its seeds at or above it, so training
 and evaluation scenes are disjoint by construction.

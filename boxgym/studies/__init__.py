@@ -20,6 +20,8 @@ STUDIES: dict[str, str] = {
     "information": "boxgym.studies.information",
     "image-information": "boxgym.studies.image_information",
     "probe": "boxgym.studies.probe",
+    "learning-proof": "boxgym.studies.learning_proof",
+    "boxing": "boxgym.studies.boxing",
     "marking": "boxgym.studies.marking",
 }
 

@@ -7,7 +7,9 @@ metric's mean with a 95% bootstrap interval.
 
 Settings are a plain mapping with defaults (the full study), a `quick` overlay (a small, fast
 version) and `--set key=value` overrides on top (dotted keys reach into nested mappings, values
-are YAML: `--set sizes=[0.5,1]`, `--set knobs.count=[1,3]`).
+are YAML: `--set sizes=[0.5,1]`, `--set knobs.count=[1,3]`). A few settings have a flag of
+their own (`SETTING_FLAGS`: `--sft-steps 150` is `--set sft_steps=150`; `--sft-set KEY=VALUE`
+adds one item to the list setting `sft_set`).
 """
 
 from __future__ import annotations
@@ -39,7 +41,26 @@ METRIC_HELP: dict[str, str] = {
     "probe_accuracy": "held-out accuracy of a linear probe predicting the true count",
     "probe_abs_error": "|probe prediction - true count| on the held-out split",
     "majority_accuracy": "accuracy of always guessing the training split's most common count",
+    "tool_calls_per_episode": "tool calls attempted per episode (malformed ones included)",
 }
+
+# Flags of `boxgym study` that stand for one setting each, of the same name with underscores:
+# flag -> (argparse type, what it does). `str_list` flags append one item to a list setting per
+# use; `bool` flags set the setting to true.
+SETTING_FLAGS: dict[str, tuple[str, str]] = {
+    "--eval-tasks": ("int", "held-out scenes evaluated at each stage"),
+    "--sft-steps": ("int", "SFT steps (default: the SFT config's trainer.max_steps)"),
+    "--grpo-steps": ("int", "GRPO steps (default: the GRPO config's trainer.max_steps)"),
+    "--sft-set": ("str_list", "override of the SFT config, KEY=VALUE (repeatable)"),
+    "--grpo-set": ("str_list", "override of the GRPO config, KEY=VALUE (repeatable)"),
+    "--proof": ("str", "a learning-proof output folder whose tool arms to compare"),
+    "--resume": ("bool", "continue the stages a killed run in --out left unfinished"),
+}
+
+
+def setting_name(flag: str) -> str:
+    """The setting a flag of `SETTING_FLAGS` stands for: `--sft-steps` -> `sft_steps`."""
+    return flag.removeprefix("--").replace("-", "_")
 
 
 @dataclass
@@ -51,12 +72,15 @@ class StudyOutput:
         extra: study-specific results for `results.json` (e.g. the LoRA rank table).
         notes: markdown for the report, after the table (e.g. that rank table).
         plot: optional callable(fig) drawing extra panels; None uses the standard plot.
+        sections: top-level sections of `results.json` (e.g. the learning proof's "sft" and
+            "grpo"), beside the runner's own keys.
     """
 
     records: list[dict[str, Any]]
     extra: dict[str, Any] = field(default_factory=dict)
     notes: str = ""
     plot: Callable[[Any, list[dict[str, Any]]], None] | None = None
+    sections: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -76,6 +100,7 @@ class Study:
         plot_metrics: the metrics plotted (one panel each).
         fixed_help: what is held fixed, in words, for the report.
         plot_log_x: a base-2 logarithmic x axis (sizes, token budgets).
+        setting_hint: added to the message for an unknown setting (where a setting went).
     """
 
     name: str
@@ -90,13 +115,21 @@ class Study:
     plot_metrics: tuple[str, ...] = ("count_accuracy",)
     fixed_help: str = ""
     plot_log_x: bool = False
+    setting_hint: str = ""
 
 
-def resolve_settings(study: Study, quick: bool, overrides: list[str]) -> dict[str, Any]:
-    """The study's settings: defaults, the quick overlay when asked, then `key=value` overrides.
+def resolve_settings(
+    study: Study,
+    quick: bool,
+    overrides: list[str],
+    flags: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The study's settings: defaults, the quick overlay when asked, `key=value` overrides, then
+    the values of the `SETTING_FLAGS` given (flag -> value; a list for `str_list` flags).
 
     Raises:
-        ValueError: for an override that is not `key=value` or names an unknown setting.
+        ValueError: for an override that is not `key=value`, or an override or flag that names
+            a setting the study does not have.
     """
     from boxgym.train.config import apply_overrides
 
@@ -110,9 +143,19 @@ def resolve_settings(study: Study, quick: bool, overrides: list[str]) -> dict[st
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ValueError(
                 f"unknown setting {key!r} for study {study.name!r}{hint}; known: "
-                f"{', '.join(sorted(settings))}"
+                f"{', '.join(sorted(settings))}{study.setting_hint}"
             )
     apply_overrides(settings, overrides)
+    for flag, value in (flags or {}).items():
+        name = setting_name(flag)
+        if name not in settings:
+            raise ValueError(
+                f"{flag} is not an option of study {study.name!r} (no setting {name!r})"
+            )
+        if SETTING_FLAGS[flag][0] == "str_list":
+            settings[name] = [*(settings[name] or []), *value]
+        else:
+            settings[name] = value
     for key, default in study.defaults.items():
         value = settings[key]
         if isinstance(default, list) and not isinstance(value, list):

@@ -8,6 +8,7 @@ import sys
 import traceback
 
 from boxgym.studies import STUDIES, load_study
+from boxgym.studies.base import SETTING_FLAGS, setting_name
 
 
 def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
@@ -39,6 +40,23 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
         "--batch-size", type=int, default=16, help="Images per forward pass or decoding batch."
     )
     parser.add_argument("--debug", action="store_true", help="Show tracebacks on errors.")
+    for flag, (kind, text) in SETTING_FLAGS.items():
+        dest = f"flag_{setting_name(flag)}"
+        help_text = f"{text}; the same as --set {setting_name(flag)}=... (studies with it)"
+        if kind == "bool":
+            parser.add_argument(flag, dest=dest, action="store_true", default=None, help=help_text)
+        elif kind == "str_list":
+            parser.add_argument(
+                flag, dest=dest, action="append", metavar="KEY=VALUE", help=help_text
+            )
+        else:
+            parser.add_argument(flag, dest=dest, type=int if kind == "int" else str, help=help_text)
+
+
+def flag_values(args: argparse.Namespace) -> dict[str, object]:
+    """The `SETTING_FLAGS` given on the command line: flag -> value."""
+    given = {flag: getattr(args, f"flag_{setting_name(flag)}", None) for flag in SETTING_FLAGS}
+    return {flag: value for flag, value in given.items() if value is not None}
 
 
 def list_studies() -> str:
@@ -66,6 +84,12 @@ def command_line(args: argparse.Namespace) -> str:
         parts.append("--quick")
     for item in args.overrides:
         parts += ["--set", item]
+    for flag, value in flag_values(args).items():
+        if value is True:
+            parts.append(flag)
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            parts += [flag, str(item)]
     return shlex.join(parts)
 
 
@@ -91,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
         from boxgym.studies.runner import run_study
 
         study = load_study(args.name)
-        settings = resolve_settings(study, args.quick, args.overrides)  # fail before loading
+        flags = flag_values(args)
+        settings = resolve_settings(study, args.quick, args.overrides, flags)  # fail before loading
         lab = Lab(
             model=args.model,
             adapter=args.adapter,
@@ -102,7 +127,13 @@ def run(args: argparse.Namespace) -> int:
         )
         command = command_line(args)
         result = run_study(
-            study, lab, args.out, quick=args.quick, overrides=args.overrides, command=command
+            study,
+            lab,
+            args.out,
+            quick=args.quick,
+            overrides=args.overrides,
+            flags=flags,
+            command=command,
         )
     except (ValueError, OSError, ImportError, RuntimeError) as error:
         if args.debug:

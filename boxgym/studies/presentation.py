@@ -24,6 +24,7 @@ from typing import Any
 
 from boxgym.studies.base import Study, StudyOutput
 from boxgym.studies.direct import DIRECT_DEFAULTS, scene_tasks
+from boxgym.studies.episodes import episode_metrics, fresh_store, play_episodes
 
 MODES = ("image", "crop", "both", "text")
 
@@ -63,39 +64,21 @@ def episode_record(
     record: dict[str, Any], mode: str, lab: Any, tokens: dict[str, int]
 ) -> dict[str, Any]:
     """One study record from a stored episode."""
-    metrics = record.get("metrics") or {}
-    truth = (record.get("task") or {}).get("answer", {}).get("count")
-    abs_err = metrics.get("count_abs_error")
     shown = _images(record.get("prompt") or [])
     for turn in record.get("turns") or []:
         shown += _images(turn.get("tool_results") or [])
     return {
         "draw_box_returns": mode,
-        "count_accuracy": metrics.get("count_accuracy"),
-        "count_abs_error": abs_err,
-        "count_rel_error": (abs_err / truth)
-        if isinstance(abs_err, (int, float)) and truth
-        else None,
-        "enumeration_f1": metrics.get("enumeration_f1"),
-        "grounding_f1": metrics.get("grounding_f1"),
-        "valid_call_rate": metrics.get("valid_call_rate"),
-        "reward": metrics.get("reward"),
-        "answered": metrics.get("answered"),
+        **episode_metrics(record),
         "answer_tokens": float(
             sum(lab.count_tokens(t.get("assistant") or "") for t in record.get("turns") or [])
         ),
         "image_tokens": float(sum(tokens.get(sha, 0) for sha in shown)),
-        "turns": metrics.get("turns"),
-        "true_count": truth,
-        "failure": record.get("failure"),
-        "seed": (record.get("task") or {}).get("meta", {}).get("seed"),
     }
 
 
 def measure(lab: Any, settings: dict[str, Any]) -> StudyOutput:
     from boxgym.env import BoxGymEnv, EnvConfig
-    from boxgym.rollouts.runner import run_rollouts
-    from boxgym.rollouts.store import read_episodes
 
     bad = [m for m in settings["modes"] if m not in MODES]
     if bad:
@@ -105,26 +88,17 @@ def measure(lab: Any, settings: dict[str, Any]) -> StudyOutput:
     records = []
     for mode in settings["modes"]:
         config = EnvConfig.from_dict({**settings["env_kwargs"], "draw_box_returns": mode})
-        run_dir = root / mode
-        if (run_dir / "episodes.jsonl").exists():
-            (run_dir / "episodes.jsonl").unlink()  # a study run starts fresh
-        store = _store_class()(run_dir, lab.image_tokens)
-        try:
-            run_rollouts(
-                tasks,
-                lab.policy,
-                lambda config=config: BoxGymEnv(config=config),
-                store,
-                group_size=1,
-                seed=int(settings["seed_base"]),
-                batch_size=lab.batch_size,
-                progress=True,
-                run_info={"policy": "hf", "run": f"presentation-{mode}"},
-            )
-        finally:
-            store.close()
-        for record in read_episodes(run_dir / "episodes.jsonl").episodes:
-            records.append(episode_record(record, mode, lab, store.tokens))
+        store = fresh_store(root / mode, _store_class(), lab.image_tokens)
+        episodes = play_episodes(
+            lab.policy,
+            tasks,
+            lambda config=config: BoxGymEnv(config=config),
+            store,
+            seed=int(settings["seed_base"]),
+            batch_size=lab.batch_size,
+            run_name=f"presentation-{mode}",
+        )
+        records += [episode_record(r, mode, lab, store.tokens) for r in episodes]
     adapter = lab.describe().get("adapter")
     notes = (
         f"Adapter: `{adapter}`."

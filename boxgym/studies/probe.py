@@ -112,7 +112,12 @@ def measure(lab: Any, settings: dict[str, Any]) -> StudyOutput:
 
         ax = fig.add_subplot(1, 1, 1)
         draw_metric(ax, rows, "depth", "position", "probe_accuracy")
-        ax.axhline(baseline, color="grey", linestyle=":", label=f"majority {baseline:.2f}")
+        ax.axhline(
+            baseline,
+            color="grey",
+            linestyle=":",
+            label=f"always the most common count ({baseline:.2f})",
+        )
         ax.set_xticks(
             sorted({r["depth"] for r in rows}),
             [

@@ -2,7 +2,8 @@
 
 results.csv    one row per condition: the factor values, n, and per metric
                `<metric>_mean`, `<metric>_lo`, `<metric>_hi` (95% bootstrap interval)
-results.json   settings, model, timing, the same rows, and the study's extra results
+results.json   settings, model, timing, the same rows, the study's extra results and sections,
+               and where it came from: command, commit, checkpoint key and date
 plot.png       each plotted metric against the varied factor, with CI bands
 report.md      what varied, what was fixed, model, adapter, seeds, table, plot, command
 examples.jsonl one line per measured example (the raw material of the table)
@@ -84,6 +85,15 @@ def columns(study: Study) -> list[str]:
     return cols
 
 
+def majority_baselines(records: list[dict[str, Any]]) -> dict[str, float]:
+    """`{"count_accuracy": share}`: the accuracy of always answering the most common true count
+    of the measured examples (empty when the records carry no true count)."""
+    counts = [r["true_count"] for r in records if isinstance(r.get("true_count"), int)]
+    if not counts:
+        return {}
+    return {"count_accuracy": max(counts.count(c) for c in set(counts)) / len(counts)}
+
+
 def write_csv(path: Path, study: Study, rows: list[dict[str, Any]]) -> None:
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns(study))
@@ -139,7 +149,9 @@ def write_report(
     output: StudyOutput,
     command: str,
     seconds: float,
+    origin: dict[str, Any] | None = None,
 ) -> None:
+    origin = origin or {}
     fixed = {k: v for k, v in settings.items() if k not in study.factors}
     legend = "\n".join(
         f"- `{m}`: {METRIC_HELP.get(m, '')}"
@@ -156,6 +168,7 @@ def write_report(
 - seeds: {_seed_text(settings)}
 - examples: {sum(r["n"] for r in rows)} in {len(rows)} conditions; run time {seconds:.0f} s
 - command: `{command}`
+- commit `{origin.get("commit")}`, checkpoint `{origin.get("checkpoint")}`, date {origin.get("date")}
 
 ## Results (mean [95% bootstrap CI])
 
@@ -198,6 +211,7 @@ def run_study(
     *,
     quick: bool = False,
     overrides: list[str] | None = None,
+    flags: dict[str, Any] | None = None,
     command: str = "",
 ) -> dict[str, Any]:
     """Run `study` with `lab`'s model and write its files into `out`.
@@ -205,9 +219,10 @@ def run_study(
     Returns:
         The results.json content.
     """
+    from boxgym.provenance import checkpoint_key, provenance
     from boxgym.studies.plots import plot_study
 
-    settings = resolve_settings(study, quick, list(overrides or []))
+    settings = resolve_settings(study, quick, list(overrides or []), flags)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     lab.out_dir = out  # where a study may keep bulky by-products (e.g. episodes)
@@ -222,7 +237,8 @@ def run_study(
         for record in output.records:
             handle.write(json.dumps(_json_safe(record), ensure_ascii=False) + "\n")
     write_csv(out / "results.csv", study, rows)
-    plot_study(out / "plot.png", study, rows, model, output)
+    baselines = majority_baselines(output.records)
+    plot_study(out / "plot.png", study, rows, model, output, baselines)
     result = {
         "study": study.name,
         "question": study.question,
@@ -231,14 +247,21 @@ def run_study(
         "settings": settings,
         "quick": quick,
         "model": model,
-        "command": command,
+        **provenance(command or None),
+        "checkpoint": checkpoint_key(model.get("model")),
         "seconds": round(seconds, 2),
         "rows": rows,
+        **({"majority_baselines": baselines} if baselines else {}),
         **({"extra": output.extra} if output.extra else {}),
         **({"notes": output.notes} if output.notes else {}),
     }
+    clash = set(output.sections) & set(result)
+    if clash:
+        raise ValueError(f"study {study.name!r}: sections {sorted(clash)} clash with the runner's")
+    result.update(output.sections)
     (out / "results.json").write_text(
         json.dumps(_json_safe(result), indent=2, allow_nan=False) + "\n", encoding="utf-8"
     )
-    write_report(out / "report.md", study, settings, model, rows, output, command, seconds)
+    origin = {k: result[k] for k in ("commit", "checkpoint", "date")}
+    write_report(out / "report.md", study, settings, model, rows, output, command, seconds, origin)
     return result

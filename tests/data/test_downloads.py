@@ -89,6 +89,7 @@ def source(tmp_path):
     server.close()
 
 
+@pytest.mark.slow
 def test_images_download_once_verified_with_bounded_concurrency_and_retries(source, tmp_path):
     src, server, n_rows = source
     out = tmp_path / "copy"

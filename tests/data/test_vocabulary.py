@@ -155,6 +155,7 @@ def test_shape_label_rejects_unknown() -> None:
 
 
 @given(st.text(max_size=40))
+@pytest.mark.slow
 def test_normalize_is_idempotent_and_total(text: str) -> None:
     once = normalize_label(text)
     assert isinstance(once, str)

@@ -16,6 +16,7 @@ def tokenizer(tiny_model_path):
     return AutoTokenizer.from_pretrained(tiny_model_path)
 
 
+@pytest.mark.slow
 def test_special_tokens_have_qwen2_vl_ids(tokenizer):
     ids = [tokenizer.convert_tokens_to_ids(t) for t in tiny_model.QWEN2_VL_SPECIAL_TOKENS]
     assert ids == list(range(151643, 151657))
@@ -52,6 +53,7 @@ def test_checkpoint_has_qwen2_vl_layout_and_tool_template(tiny_model_path):
     assert (tiny_model_path / "chat_template.jinja").read_text() == CHAT_TEMPLATE
 
 
+@pytest.mark.slow
 def test_processor_is_real_qwen2_vl_and_trl_recognises_tools(tiny_model_path):
     from transformers import (
         AutoProcessor,

@@ -45,6 +45,7 @@ def make_policy(tiny_model_path):
     return make
 
 
+@pytest.mark.slow
 def test_is_a_policy_and_returns_one_text_per_conversation(make_policy):
     policy = make_policy(batch_size=2, temperature=1.0, seed=3)
     assert isinstance(policy, Policy)
@@ -127,6 +128,7 @@ def test_vision_tokens_are_never_picked(sampler, temperature):
         assert (picks == 42).all()
 
 
+@pytest.mark.slow
 def test_draw_from_samples_the_softmax():
     import torch
 
@@ -147,6 +149,7 @@ def test_draw_from_samples_the_softmax():
 
 
 @pytest.mark.parametrize("spread", [0.5, 4.0])
+@pytest.mark.slow
 def test_draw_by_rejection_samples_the_softmax(spread):
     """Exact frequencies for a smooth and a spiky distribution (the spiky one often falls back)."""
     import torch
@@ -332,6 +335,7 @@ def test_the_model_head_path_gives_the_same_replies(sampler):
         sampler._head = head
 
 
+@pytest.mark.slow
 def test_top_k_and_top_p_keep_only_the_top_tokens(make_policy):
     import torch
 

@@ -152,6 +152,7 @@ def stub():
     server.close()
 
 
+@pytest.mark.slow
 def test_concurrency_is_bounded_order_kept_and_tool_calls_reserialised(stub):
     policy = OpenAIPolicy(
         base_url=stub.url, model="m", max_concurrency=3, seed=10, stop=["<|im_end|>"]
@@ -167,6 +168,7 @@ def test_concurrency_is_bounded_order_kept_and_tool_calls_reserialised(stub):
     assert body["max_tokens"] == 256 and body["temperature"] == 1.0
 
 
+@pytest.mark.slow
 def test_server_errors_are_retried_with_backoff():
     server = StubChatServer(delay=0, fail_first=2, status=503)
     try:
@@ -177,6 +179,7 @@ def test_server_errors_are_retried_with_backoff():
         server.close()
 
 
+@pytest.mark.slow
 def test_client_errors_are_not_retried():
     server = StubChatServer(delay=0, fail_first=5, status=400)
     try:
@@ -188,6 +191,7 @@ def test_client_errors_are_not_retried():
         server.close()
 
 
+@pytest.mark.slow
 def test_unreachable_server_fails_fast_naming_the_url():
     url = f"http://127.0.0.1:{free_port()}/v1"
     policy = OpenAIPolicy(base_url=url, model="m", max_retries=2, timeout=2)

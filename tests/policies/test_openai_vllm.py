@@ -59,6 +59,7 @@ def run(tasks, policy, out):
     return sorted(read_episodes(out).episodes, key=lambda e: e["key"]["task_index"])
 
 
+@pytest.mark.slow
 def test_grounding_rollout_completes_against_vllm_rules(oracle_server, tmp_path):
     server, tasks = oracle_server
     policy = OpenAIPolicy(base_url=server.url, model="m", max_retries=0)
@@ -74,6 +75,7 @@ def test_grounding_rollout_completes_against_vllm_rules(oracle_server, tmp_path)
     assert any("<|box_start|>" in text for text in texts)
 
 
+@pytest.mark.slow
 def test_request_without_tool_choice_is_what_vllm_rejects(oracle_server):
     server, _ = oracle_server
     policy = OpenAIPolicy(base_url=server.url, model="m", max_retries=0, dialect="generic")
@@ -100,6 +102,7 @@ def test_special_tokens_are_stripped_unless_asked_to_keep_them():
     assert policy.tool_kwargs([]) == {}  # zero-shot: no tools, no tool_choice
 
 
+@pytest.mark.slow
 def test_requests_spread_over_several_base_urls(oracle_server, tmp_path):
     server, tasks = oracle_server
     other = VLLMServeLike(server.reply)

@@ -65,6 +65,7 @@ class ParentOnlyPolicy:
         return self.inner.act(conversations, tools, tasks)
 
 
+@pytest.mark.slow
 def test_env_workers_store_the_episodes_one_process_stores(tmp_path) -> None:
     tasks = scene_tasks(
         ["screens", "shapes", "clutter"], 5, 2, "easy"
@@ -99,6 +100,7 @@ def test_env_workers_store_the_episodes_one_process_stores(tmp_path) -> None:
     assert images("one") == images("two")
 
 
+@pytest.mark.slow
 def test_hf_policy_over_env_workers_equals_one_process(tmp_path, tiny_model_path) -> None:
     args = ["rollout", "--policy", "hf", "--model", str(tiny_model_path), "--scene", "screens"]
     args += ["--n", "2", "--group-size", "2", "--max-new-tokens", "12", "--temperature", "1.0"]
@@ -168,6 +170,7 @@ def gone(pids: list[int], within: float = 10.0) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_one_line_and_the_run_resumes(tmp_path) -> None:
     out = tmp_path / "run"
     proc = start_run(out)
@@ -188,6 +191,7 @@ def test_a_killed_worker_is_one_line_and_the_run_resumes(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("how", ["sigkill", "ctrl-c"])
+@pytest.mark.slow
 def test_stopping_the_parent_leaves_no_worker_behind(tmp_path, how) -> None:
     out = tmp_path / "run"
     proc = start_run(out)

@@ -86,6 +86,7 @@ def test_a_shard_cleans_only_its_own_temporary_files(tmp_path) -> None:
     assert (theirs / ".tmp-abc-1.png").exists() and not (mine / ".tmp-def-2.png").exists()
 
 
+@pytest.mark.slow
 def test_two_shards_at_once_give_the_unsharded_run(tmp_path) -> None:
     whole, sharded = tmp_path / "whole" / "run", tmp_path / "sharded" / "run"  # same run name
     procs = [
@@ -169,6 +170,7 @@ def test_page_lines_are_the_pass_s_lines_while_a_shard_still_appends(tmp_path) -
     assert [json.loads(line)["key"] for line in copied] == [r["key"] for r in records]
 
 
+@pytest.mark.slow
 def test_same_shard_twice_and_other_counts_are_refused(tmp_path) -> None:
     out = tmp_path / "run"
     slow = [*RUN, "--out", str(out), "--max-live", "1", "--policy-delay", "0.3"]
@@ -201,6 +203,7 @@ def test_same_shard_twice_and_other_counts_are_refused(tmp_path) -> None:
     assert read_run(out).stored == {Shard(0, 2): 6}
 
 
+@pytest.mark.slow
 def test_killed_shard_resumes(tmp_path) -> None:
     out = tmp_path / "run"
     shard0 = [*RUN, "--out", str(out), "--shard", "0/2", "--no-page"]

@@ -55,6 +55,7 @@ def by_hand_bits(lab, row) -> tuple[float, int]:
     return bits, tokens
 
 
+@pytest.mark.slow
 def test_completion_bits_match_a_by_hand_computation_on_two_examples(lab):
     from boxgym.train.config import EnvSection, MixtureSection
     from boxgym.train.mixture import build_mixture

@@ -46,6 +46,7 @@ def check_outputs(out, study) -> list[dict[str, str]]:
 
 
 @pytest.mark.parametrize("name", list(TINY))
+@pytest.mark.slow
 def test_study_runs_on_a_tiny_setting(name, lab, tmp_path):
     study = load_study(name)
     result = run_study(study, lab, tmp_path, overrides=TINY[name], command=f"boxgym study {name}")
@@ -108,6 +109,11 @@ def test_cli_lists_every_study():
         (["rotation"], "--out DIR is required"),
         (["rotation", "--out", "x", "--set", "angels=[1]"], "unknown setting 'angels'"),
         ([], "name a study"),
+        (
+            ["learning-proof", "--out", "x", "--set", "trainer.learning_rate=1e-4"],
+            "SFT and GRPO config overrides are --sft-set KEY=VALUE",
+        ),
+        (["patch-grid", "--out", "x", "--sft-steps", "3"], "--sft-steps is not an option"),
     ],
 )
 def test_cli_errors_are_one_line(args, message, tmp_path):

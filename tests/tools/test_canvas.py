@@ -42,6 +42,7 @@ def test_fit_to_patch_grid_matches_transformers_smart_resize(w, h, min_pixels, m
 
 @settings(max_examples=200, deadline=None)
 @given(w=st.integers(20, 3000), h=st.integers(20, 3000))
+@pytest.mark.slow
 def test_resized_size_is_a_fixed_point_of_smart_resize(w, h):
     if max(w, h) / min(w, h) > 100:
         return

@@ -24,6 +24,7 @@ def config_and_processor():
     return replace(config, model=model), load_processor(model)
 
 
+@pytest.mark.slow
 def test_the_2b_budget_holds_every_measured_perfect_episode(config_and_processor) -> None:
     config, processor = config_and_processor
     args = SimpleNamespace(**config.trainer)

@@ -16,6 +16,7 @@ def _logprobs_and_grads(model, input_ids, labels):
     return out.log_probs.detach(), out.entropy.detach(), grads
 
 
+@pytest.mark.slow
 def test_completion_only_scoring_matches_every_position_scoring(tiny_model_path):
     import trl.trainer.utils as trl_utils
     from transformers import Qwen2VLForConditionalGeneration

@@ -80,6 +80,7 @@ def rollout_inputs(processor, messages, tools):
     return prepare_inputs(processor, [messages], tools, add_generation_prompt=True)
 
 
+@pytest.mark.slow
 def test_sft_labels_cover_assistant_tokens_only(processor, sft_encoded, episode):
     ids, labels = sft_encoded["input_ids"], sft_encoded["labels"]
     tokenizer = processor.tokenizer
@@ -109,6 +110,7 @@ def test_collated_batch_masks_padding_and_keeps_image_tensors(processor, episode
     assert batch["mm_token_type_ids"].shape == batch["input_ids"].shape
 
 
+@pytest.mark.slow
 def test_sft_rollout_and_grpo_prompts_render_identically(
     processor, sft_encoded, episode, grpo_trainer
 ):
