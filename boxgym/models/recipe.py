@@ -34,7 +34,7 @@ from typing import Any
 
 from boxgym.models.skills import GROUND_PHRASINGS
 
-BUILD_VERSION = "2"  # part of every key: raised when the training rows of a recipe change
+BUILD_VERSION = "1"
 
 
 @dataclass(frozen=True)
@@ -131,12 +131,15 @@ class SeeingRecipe:
         if self.polish_steps == 0:
             for name in POLISH_STAGE_FIELDS:
                 data.pop(name)
+        if self.tool_steps:  # the tool rows show the env's system turn: its text is part of them
+            data["tool_system_prompt"] = tool_system_digest()
         return data
 
     @classmethod
     def from_identity(cls, data: dict[str, Any]) -> SeeingRecipe:
         """The recipe of a `recipe.json` (one written before the tool stage has none)."""
         data = {k: _as_tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        data.pop("tool_system_prompt", None)  # recorded, not a setting
         data.setdefault("tool_steps", 0)
         data.setdefault("ground_phrasings", 1)
         data.setdefault("polish_steps", 0)
@@ -166,6 +169,15 @@ class SeeingRecipe:
         if step < self.tool_start:
             return "full"
         return "tool" if step < self.polish_start else "polish"
+
+
+def tool_system_digest() -> str:
+    """A digest of the system turn the ``tool`` rows show (the env's instructions for the
+    one-reply protocol), so a recipe's key changes when that text does."""
+    from boxgym.models.skills import tool_context
+
+    system, _tools = tool_context()
+    return hashlib.sha1(system["content"][0]["text"].encode()).hexdigest()[:10]
 
 
 TOOL_STAGE_FIELDS = ("tool_steps", "tool_lr", "tool_mix")

@@ -95,7 +95,7 @@ def glance_records(path: Path, arm: str, settings: dict[str, Any], batch: int) -
             records.append(
                 {
                     "arm": arm,
-                    "count": n,
+                    "true_count": n,
                     "seed": chat.seed,
                     "count_accuracy": float(answer == n),
                     "answered": float(answer is not None),
@@ -156,7 +156,7 @@ def loop_records(
         records.append(
             {
                 "arm": arm,
-                "count": task.count,
+                "true_count": task.count,
                 "seed": seed,
                 "count_accuracy": float(metrics.get("count_correct") or 0.0),
                 "answered": float(metrics.get("answered") or 0.0),
@@ -221,11 +221,11 @@ def arm_table(records: list[dict[str, Any]], counts: list[int]) -> dict[str, Any
     for arm in dict.fromkeys(r["arm"] for r in records):
         mine = [r for r in records if r["arm"] == arm]
         by_count = {
-            str(n): ci_of([r["count_accuracy"] for r in mine if r["count"] == n])
+            str(n): ci_of([r["count_accuracy"] for r in mine if r["true_count"] == n])
             for n in counts
-            if any(r["count"] == n for r in mine)
+            if any(r["true_count"] == n for r in mine)
         }
-        unseen = [r["count_accuracy"] for r in mine if UNSEEN[0] <= r["count"] <= UNSEEN[1]]
+        unseen = [r["count_accuracy"] for r in mine if UNSEEN[0] <= r["true_count"] <= UNSEEN[1]]
         table[arm] = {"by_count": by_count}
         if unseen:
             table[arm]["6-12"] = ci_of(unseen)
@@ -236,7 +236,7 @@ def paired_differences(records: list[dict[str, Any]]) -> dict[str, Any]:
     """M-G, M-G12, M-T on the unseen-count scenes: the mean per-scene difference in count
     accuracy (the arms answer the same scenes) with a 95% bootstrap CI."""
     by = {(r["arm"], r["seed"]): r["count_accuracy"] for r in records}
-    seeds = sorted({r["seed"] for r in records if UNSEEN[0] <= r["count"] <= UNSEEN[1]})
+    seeds = sorted({r["seed"] for r in records if UNSEEN[0] <= r["true_count"] <= UNSEEN[1]})
     out = {}
     for a, b in PAIRS:
         diffs = [by[a, s] - by[b, s] for s in seeds if (a, s) in by and (b, s) in by]
@@ -259,7 +259,7 @@ def step_table(records: list[dict[str, Any]]) -> dict[str, Any]:
                 float(o == "new")
                 for r in mine
                 for o, kk in zip(r["steps"]["outcomes"], r["steps"]["k"])
-                if kk == k and kk < r["count"]
+                if kk == k and kk < r["true_count"]
             ]
             if hits:
                 by_k[str(k)] = ci_of(hits)
@@ -338,14 +338,13 @@ def measure(lab: Any, settings: dict[str, Any]) -> StudyOutput:
         arm: MarkingRecipe.from_identity(json.loads((p / "recipe.json").read_text())).key()
         for arm, p in paths.items()
     }
-    extra = {
-        "arms": table,
-        "paired": paired,
-        "steps": steps,
-        "checkpoints": {arm: str(p) for arm, p in paths.items()},
-        "recipe_keys": recipe_keys,
-    }
-    return StudyOutput(records=records, extra=extra, notes=notes(table, paired, steps))
+    extra = {"checkpoints": {arm: str(p) for arm, p in paths.items()}, "recipe_keys": recipe_keys}
+    return StudyOutput(
+        records=records,
+        extra=extra,
+        notes=notes(table, paired, steps),
+        sections={"arms": table, "paired": paired, "steps": steps},
+    )
 
 
 STUDY = Study(
@@ -354,7 +353,7 @@ STUDY = Study(
         "Does boxing one object a turn and seeing the marks let a model trained on 1-5 shapes "
         "count 6-12, where a glance fails?"
     ),
-    factors=("arm", "count"),
+    factors=("arm", "true_count"),
     metrics=("count_accuracy", "answered"),
     defaults={
         "arms": ["G", "G12", "M", "T", "O"],
@@ -365,7 +364,7 @@ STUDY = Study(
     },
     quick={"counts": [1, 2, 6], "per_count": 3, "build_eval_scenes": 4},
     measure=measure,
-    plot_x="count",
+    plot_x="true_count",
     plot_hue="arm",
     plot_metrics=("count_accuracy",),
     fixed_help=(
