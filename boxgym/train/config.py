@@ -490,14 +490,29 @@ class GRPORunConfig:
         _check_trainer(self.trainer)
         if self.budget_check not in ("error", "warn", "off"):
             raise ValueError(f"budget_check must be error, warn or off, got {self.budget_check!r}")
-        # TRL's tool loop trains each episode as one token sequence holding every image its
-        # tools returned, so only image_history "all" trains the conversation the env defines.
-        if self.env.env_kwargs.get("image_history", "last") != "all":
-            raise ValueError(
-                "GRPO through TRL keeps every image of an episode in one sequence; set "
-                "env.env_kwargs.image_history: all (the env's default, last, is not available "
-                "to TRL's tool loop)"
-            )
+        # Under image_history last (the env's default) the trainer plays the turns itself and
+        # trains one row per turn (boxgym.train.turn_grpo): rows then vary in number, so each
+        # step generates and trains on its own rows at once, on the policy that generated them.
+        if self.env.env_kwargs.get("image_history", "last") == "last":
+            trainer = self.trainer
+            problems = [
+                f"{key}: {trainer[key]!r} (needs {want!r})"
+                for key, want in (
+                    ("gradient_accumulation_steps", 1),
+                    ("steps_per_generation", 1),
+                    ("num_iterations", 1),
+                    ("use_vllm", False),
+                    ("beta", 0.0),
+                )
+                if key in trainer and trainer[key] != want
+            ]
+            if problems:
+                raise ValueError(
+                    "GRPO over the turns of an image_history: last env trains each step's rows "
+                    "at once on the policy that generated them, without vLLM or a reference "
+                    f"model; fix trainer.{', trainer.'.join(problems)} (or set "
+                    "env.env_kwargs.image_history: all for TRL's own tool loop)"
+                )
         # TRL 1.16 colocate mode passes quantization="bitsandbytes" to vllm.LLM when the model
         # holds bnb Linear4bit layers (trl/generation/vllm_generation.py), so QLoRA works there;
         # server mode pushes weights to a separately started server, never checked with 4-bit.

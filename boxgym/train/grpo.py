@@ -51,6 +51,8 @@ def grpo_args(config: GRPORunConfig, processor: Any = None) -> Any:
         "max_tool_calling_iterations": env_config.max_turns,
         "log_completions": False,
     }
+    if env_config.image_history == "last":  # one row per turn (boxgym.train.turn_grpo)
+        defaults.update(steps_per_generation=1, gradient_accumulation_steps=1, beta=0.0)
     trainer = {**defaults, **config.trainer}
     if processor is not None:
         from boxgym.policies.prompting import vision_token_ids
@@ -76,12 +78,22 @@ def _trainer_class() -> type:
         out of the loss, and logs the env's metrics."""
 
         def __init__(
-            self, *args: Any, env_config: Any = None, over_turn_masking: bool = False, **kwargs: Any
+            self,
+            *args: Any,
+            env_config: Any = None,
+            over_turn_masking: bool = False,
+            scene_knobs: dict[str, Any] | None = None,
+            **kwargs: Any,
         ) -> None:
             from boxgym.env import EnvConfig
 
             self.env_config = env_config if env_config is not None else EnvConfig()
             self.over_turn_masking = over_turn_masking
+            self.scene_knobs = dict(scene_knobs or {})
+            # under image_history last each reply saw only the latest image: the trainer plays
+            # the turns itself and trains one row per turn (boxgym.train.turn_grpo)
+            self.turn_rows = self.env_config.image_history == "last"
+            self._turn_prefix: list[int] = []
             super().__init__(*args, **kwargs)
             # TRL lists an environment's tools alphabetically (inspect.getmembers); the env, the
             # rollouts and the SFT data render them in TOOL_NAMES order. The order is part of the
@@ -105,9 +117,40 @@ def _trainer_class() -> type:
 
         def _get_per_token_logps_and_entropies(self, *args: Any, **kwargs: Any) -> Any:
             with lm_head_scores_completions_only():
+                if self.turn_rows and self._turn_prefix:
+                    return self._turn_logps(*args, **kwargs)
                 return super()._get_per_token_logps_and_entropies(*args, **kwargs)
 
+        def _turn_logps(
+            self,
+            model: Any,
+            input_ids: Any,
+            attention_mask: Any,
+            logits_to_keep: int,
+            batch_size: int | None = None,
+            compute_entropy: bool = False,
+            **fields: Any,
+        ) -> Any:
+            from boxgym.train.turn_grpo import shared_prefix_logps
+
+            logps, entropies = shared_prefix_logps(
+                model,
+                self._turn_prefix,
+                input_ids,
+                attention_mask,
+                logits_to_keep,
+                batch_size or input_ids.size(0),
+                fields.get("pixel_values"),
+                fields.get("image_grid_thw"),
+                fields.get("num_images") or [0] * input_ids.size(0),
+                fields.get("mm_token_type_ids"),
+                compute_entropy,
+            )
+            return logps, entropies, None
+
         def _generate_and_score_completions(self, inputs: Any) -> Any:
+            if self.turn_rows:
+                return self._turn_rollouts(inputs)
             output = super()._generate_and_score_completions(inputs)
             if self.over_turn_masking and self.environments:
                 keep = over_turn_keep_mask(self.environments)
@@ -115,6 +158,22 @@ def _trainer_class() -> type:
                     mask = output["completion_mask"]
                     output["completion_mask"] = mask * keep.to(mask.device, mask.dtype)[:, None]
             return output
+
+        def _turn_rollouts(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+            from boxgym.train.turn_grpo import (
+                group_advantages,
+                log_turn_metrics,
+                play_turns,
+                turn_batch,
+            )
+
+            turns, episodes = play_turns(self, inputs)
+            advantages, zero_std = group_advantages(
+                [e["reward"] for e in episodes], self.num_generations, self.scale_rewards != "none"
+            )
+            keep = [not (self.over_turn_masking and e["over_turn"]) for e in episodes]
+            log_turn_metrics(self, episodes, turns, zero_std)
+            return turn_batch(self, turns, advantages, keep)
 
         def _generate_single_turn(self, *args: Any, **kwargs: Any) -> Any:
             trl_environment.GENERATION_ROUND[0] += 1
@@ -218,6 +277,7 @@ def build_grpo_trainer(config: GRPORunConfig) -> Any:
         environment_factory=environment_class(config.env),
         env_config=env_config(config.env),
         over_turn_masking=config.over_turn_masking,
+        scene_knobs=config.env.scene_knobs,
     )
 
 

@@ -271,8 +271,12 @@ def test_a_last_image_episode_trains_each_reply_on_the_image_it_saw(processor):
         assert ids[-len(turn_start) :] == turn_start and encoded["input_ids"][: len(ids)] == ids
 
 
-def test_grpo_refuses_the_last_image_history():
+def test_grpo_over_turns_asks_for_one_generation_per_step():
     from boxgym.train.config import GRPORunConfig
 
-    with pytest.raises(ValueError, match="image_history: all"):
-        GRPORunConfig(env=EnvSection(env_kwargs={"image_history": "last"}))
+    GRPORunConfig(env=EnvSection(env_kwargs={"image_history": "last"}))
+    with pytest.raises(ValueError, match="gradient_accumulation_steps"):
+        GRPORunConfig(
+            env=EnvSection(env_kwargs={"image_history": "last"}),
+            trainer={"gradient_accumulation_steps": 2},
+        )

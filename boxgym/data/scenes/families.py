@@ -83,6 +83,7 @@ DIFFICULTIES: dict[str, dict[str, dict[str, Any]]] = {
             image_size=448,
             grid="aligned",
             background_noise=0.0,
+            question="list",
         ),
         "medium": dict(
             count=(2, 7),
@@ -94,6 +95,7 @@ DIFFICULTIES: dict[str, dict[str, dict[str, Any]]] = {
             image_size=448,
             grid="random",
             background_noise=0.1,
+            question="list",
         ),
         "hard": dict(
             count=(3, 10),
@@ -105,6 +107,7 @@ DIFFICULTIES: dict[str, dict[str, dict[str, Any]]] = {
             image_size=448,
             grid="random",
             background_noise=0.25,
+            question="list",
         ),
     },
     "clutter": {
@@ -185,7 +188,8 @@ def make_scene_task(family: str, seed: int, difficulty: str = "easy", **knobs: A
         **knobs: overrides of the preset (see `boxgym.data.scenes.knobs`).
 
     Returns:
-        A Task of kind "enumerate": answer {"count": n, "items": [labels in reading order]},
+        A Task of kind "enumerate": answer {"count": n, "items": [labels in reading order]}
+        (or, for shapes asked `question="count"`, of kind "count": answer {"count": n}),
         objects in reading order. Its id is "<family>-<difficulty>-s<seed>", with a "-k<hash>"
         suffix when knobs override the preset, so different knobs never share an id.
         `task.meta` records family, seed, difficulty, every knob and family details.
@@ -198,13 +202,16 @@ def make_scene_task(family: str, seed: int, difficulty: str = "easy", **knobs: A
     knob_json = parsed.to_json()
     task_id = _task_id(family, seed, difficulty, knob_json if knobs else None)
     items = [o.label for o in draft.objects]
+    answer: dict[str, Any] = {"count": len(items), "items": items}
+    if draft.kind == "count":
+        answer = {"count": len(items)}
     return Task(
         id=task_id,
         images=[draft.image],
         question=draft.question,
-        kind="enumerate",
+        kind=draft.kind,
         objects=draft.objects,
-        answer={"count": len(items), "items": items},
+        answer=answer,
         source=family,
         split="procedural",
         meta={

@@ -32,6 +32,10 @@ keeps the drawn-for number; the presets never lose one in thousands of seeds).
     off_rate               (screens only) 0..1: probability that a screen is switched off.
     kind                   (clutter only) the object kind to count, e.g. "coin"; None: drawn
                            from the seed.
+    question               (shapes only) "list": "How many red triangles are there? List them."
+                           (an enumerate task over the shapes of the asked colour and shape);
+                           "count": "How many shapes are there?" (a count task over every shape,
+                           so it takes no distractors).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from boxgym.data.vocabulary import CLUTTER_KINDS
 
 PATCH = 28  # Qwen2-VL's effective patch: 14-px ViT patches merged 2x2.
 GRID_MODES: tuple[str, ...] = ("aligned", "straddling", "random")
+SHAPE_QUESTIONS: tuple[str, ...] = ("list", "count")
 MAX_COUNT: dict[str, int] = {"screens": 12, "shapes": 30, "clutter": 80}
 MIN_COUNT: dict[str, int] = {"screens": 0, "shapes": 0, "clutter": 1}
 COMMON_KNOBS: tuple[str, ...] = (
@@ -59,7 +64,7 @@ COMMON_KNOBS: tuple[str, ...] = (
 )
 FAMILY_KNOBS: dict[str, tuple[str, ...]] = {
     "screens": (*COMMON_KNOBS, "off_rate"),
-    "shapes": COMMON_KNOBS,
+    "shapes": (*COMMON_KNOBS, "question"),
     "clutter": (*COMMON_KNOBS, "kind"),
 }
 
@@ -80,11 +85,15 @@ class SceneKnobs:
     background_noise: float
     off_rate: float = 0.0
     kind: str | None = None
+    question: str = "list"
 
     def to_json(self) -> dict[str, Any]:
-        """The knobs as JSON-able values (tuples become lists), for `task.meta`."""
+        """The knobs as JSON-able values (tuples become lists), for `task.meta` (the default
+        question left out, so the ids of tasks from before the knob are kept)."""
         data = asdict(self)
         data.pop("family")
+        if data["question"] == "list":
+            data.pop("question")
         return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
 
 
@@ -172,6 +181,9 @@ def validate_knobs(
     kind = knobs.get("kind")
     if kind is not None and kind not in CLUTTER_KINDS:
         raise ValueError(f"knob 'kind' must be None or one of {CLUTTER_KINDS}, got {kind!r}")
+    question = knobs.get("question", "list")
+    if question not in SHAPE_QUESTIONS:
+        raise ValueError(f"knob 'question' must be one of {SHAPE_QUESTIONS}, got {question!r}")
     image_size = _image_size(knobs["image_size"])
     size = _range("object_size", knobs["object_size"], 0.5, 40.0, integer=False)
     parsed = SceneKnobs(
@@ -187,7 +199,13 @@ def validate_knobs(
         background_noise=_unit("background_noise", knobs["background_noise"]),
         off_rate=_unit("off_rate", knobs.get("off_rate", 0.0)),
         kind=kind,
+        question=question,
     )
+    if question == "count" and parsed.distractors[1] > 0:
+        raise ValueError(
+            "knob 'question' count asks how many shapes there are, so every shape counts: set "
+            f"distractors to 0 (got {knobs['distractors']!r})"
+        )
     problem = feasibility_problem(parsed) if check_feasible else None
     if problem is not None:
         raise ValueError(problem)

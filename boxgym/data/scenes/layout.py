@@ -474,12 +474,14 @@ class SceneDraft:
         question: the question shown to the model.
         objects: the objects that answer the question, in reading order.
         extra_meta: family-specific facts for `task.meta` (distractors, what was drawn, ...).
+        kind: the task kind: "enumerate" (count and list the objects) or "count".
     """
 
     image: Image.Image
     question: str
     objects: list[GroundTruthObject]
     extra_meta: dict[str, Any] = field(default_factory=dict)
+    kind: str = "enumerate"
 
 
 def in_reading_order(objects: list[GroundTruthObject]) -> list[GroundTruthObject]:

@@ -159,9 +159,12 @@ def generate_shapes(knobs: SceneKnobs, rng: np.random.Generator) -> SceneDraft:
     scene = add_noise(scene, knobs.background_noise, r)
     distractors.sort(key=lambda d: (d["box"][1], d["box"][0]))
     question = f"How many {colour} {plural(shape)} are there? List them."
+    if knobs.question == "count":
+        question = "How many shapes are there?"
     return SceneDraft(
         image=scene,
         question=question,
+        kind="enumerate" if knobs.question == "list" else "count",
         objects=in_reading_order(objects),
         extra_meta={
             "target": {"colour": colour, "shape": shape},
