@@ -274,9 +274,11 @@ def test_a_last_image_episode_trains_each_reply_on_the_image_it_saw(processor):
 def test_grpo_over_turns_asks_for_one_generation_per_step():
     from boxgym.train.config import GRPORunConfig
 
-    GRPORunConfig(env=EnvSection(env_kwargs={"image_history": "last"}))
+    GRPORunConfig(
+        env=EnvSection(env_kwargs={"image_history": "last"}), trainer={"output_dir": "runs/x"}
+    )
     with pytest.raises(ValueError, match="gradient_accumulation_steps"):
         GRPORunConfig(
             env=EnvSection(env_kwargs={"image_history": "last"}),
-            trainer={"gradient_accumulation_steps": 2},
+            trainer={"output_dir": "runs/x", "gradient_accumulation_steps": 2},
         )
