@@ -34,6 +34,7 @@ METRIC_HELP: dict[str, str] = {
     "object_side_patches": "mean longer side of the true boxes as shown, in 28-px patches",
     "reward": "the env's total reward",
     "valid_call_rate": "tool calls that ran without error",
+    "episodes_that_box": "the episode drew at least one box",
     "bits_per_token": "summed surprisal / completion tokens, in bits",
     "bits_per_example": "summed surprisal over an example's completion tokens, in bits",
     "completion_tokens": "completion (assistant) tokens per example",

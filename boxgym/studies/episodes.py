@@ -69,7 +69,8 @@ def fresh_store(run_dir: Path, store_class: type | None = None, *args: Any) -> A
 
 def episode_metrics(record: dict[str, Any]) -> dict[str, Any]:
     """The study metrics of one stored episode: the rollouts' own, `count_rel_error`,
-    `tool_calls_per_episode`, the true count, the failure kind and the scene seed."""
+    `tool_calls_per_episode`, `episodes_that_box` (1 when it drew a box at all), the true
+    count, the failure kind and the scene seed."""
     metrics = record.get("metrics") or {}
     truth = (record.get("task") or {}).get("answer", {}).get("count")
     abs_err = metrics.get("count_abs_error")
@@ -79,6 +80,7 @@ def episode_metrics(record: dict[str, Any]) -> dict[str, Any]:
         if isinstance(abs_err, (int, float)) and truth
         else None,
         "tool_calls_per_episode": metrics.get("calls"),
+        "episodes_that_box": float((metrics.get("calls_draw_box") or 0) > 0),
         "turns": metrics.get("turns"),
         "true_count": truth,
         "failure": record.get("failure"),

@@ -39,6 +39,7 @@ METRICS = (
     "valid_call_rate",
     "reward",
     "tool_calls_per_episode",
+    "episodes_that_box",
     "answered",
 )
 ZERO_WHEN_MISSING = ("count_accuracy", "enumeration_f1", "grounding_f1", "valid_call_rate")
