@@ -37,9 +37,9 @@ ARMS: tuple[str, ...] = ("G", "G12", "M", "T", "O")
 ARM_MIXES: dict[str, tuple[tuple[str, float], ...]] = {
     "G": (("glance", 0.9), ("copy", 0.1)),
     "G12": (("glance12", 0.9), ("copy", 0.1)),
-    "M": (("step_marked", 0.6), ("glance", 0.3), ("copy", 0.1)),
-    "T": (("step_text", 0.6), ("glance", 0.3), ("copy", 0.1)),
-    "O": (("one_reply", 0.6), ("glance", 0.3), ("copy", 0.1)),
+    "M": (("step_marked", 0.7), ("glance", 0.2), ("copy", 0.1)),
+    "T": (("step_text", 0.7), ("glance", 0.2), ("copy", 0.1)),
+    "O": (("one_reply", 0.7), ("glance", 0.2), ("copy", 0.1)),
 }
 # The skill an arm is played with in the study.
 ARM_SKILL: dict[str, str] = {
@@ -79,13 +79,16 @@ class MarkingRecipe:
     sampled_negatives: int = 1024
     seed: int = 0
     # The base: stage 1 (count) and stage 2 (ground)
-    count_steps: int = 1200
+    count_steps: int = 800
     count_mix: tuple[tuple[str, float], ...] = (("glance", 0.75), ("ground", 0.15), ("copy", 0.1))
-    ground_steps: int = 1200
-    ground_mix: tuple[tuple[str, float], ...] = (("ground", 0.6), ("glance", 0.3), ("copy", 0.1))
+    ground_steps: int = 2600
+    ground_mix: tuple[tuple[str, float], ...] = (("ground", 0.65), ("glance", 0.25), ("copy", 0.1))
+    # share of the ground stage over which grounding scenes grow from 1 shape to 5 (the count
+    # stage's grounding scenes hold 1 or 2)
+    ground_curriculum: float = 0.3
     # Stage 3: the arm's continuation
     arm: str = "M"
-    arm_steps: int = 800
+    arm_steps: int = 1000
     arm_lr: float = 5e-4
     mark_style: str = "fill"  # how the loop's marks look (arm M)
 
@@ -169,10 +172,28 @@ def training_chats(recipe: MarkingRecipe, step: int) -> list[Chat]:
     weights = np.array([w for _, w in mix], dtype=float)
     rng = np.random.default_rng([recipe.seed, step, 11])
     skills = rng.choice(names, size=recipe.batch_size, p=weights / weights.sum())
+    cap = ground_cap(recipe, step)
     return [
-        make_chat(str(skill), train_seed(recipe, step, row), recipe.mark_style)
+        make_chat(
+            str(skill),
+            train_seed(recipe, step, row),
+            recipe.mark_style,
+            top=cap if skill == "ground" else None,
+        )
         for row, skill in enumerate(skills)
     ]
+
+
+def ground_cap(recipe: MarkingRecipe, step: int) -> int:
+    """The most shapes a grounding scene of `step` holds: 2 in the count stage, then 1 growing
+    to 5 over the first `ground_curriculum` of the ground stage, 5 after."""
+    name, start, length, _peak, _mix = recipe.stage(step)
+    if name == "count":
+        return 2
+    if name == "arm":
+        return 5
+    into = (step - start) / max(1, length * recipe.ground_curriculum)
+    return min(5, 1 + int(into * 5))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,6 +401,7 @@ def _train(
     from boxgym.models.recipe import seeing_config
     from boxgym.models.tiny import build_processor
 
+    origin = provenance()
     partial = out.with_name(out.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
     processor = build_processor()
@@ -455,7 +477,7 @@ def _train(
     minutes = round((time.time() - started) / 60, 2)
     results = final_results(model, processor, recipe, eval_scenes)
     results.update(steps=prog.step, minutes=minutes, arm=recipe.arm if recipe.arm_steps else None)
-    results.update(provenance())
+    results.update(origin)  # the commit the build ran from, not the one at its end
     staging = partial / "checkpoint"
     save_checkpoint(model, processor, staging)
     (staging / "recipe.json").write_text(json.dumps(identity, indent=1))

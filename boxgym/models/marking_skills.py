@@ -167,10 +167,12 @@ def marking_order(objects: list[Any]) -> list[Any]:
     return order
 
 
-def draws(skill: str, seed: int) -> tuple[int, int]:
-    """(n objects, k earlier boxes) of a seed: n uniform over the skill's range, k over 0..n."""
+def draws(skill: str, seed: int, top: int | None = None) -> tuple[int, int]:
+    """(n objects, k earlier boxes) of a seed: n uniform over the skill's range (1 to `top`
+    when given), k over 0..n."""
     rng = np.random.default_rng([seed, 0x3A4B])
-    top = MAX_OBJECTS if skill in ("glance12", "copy") else TRAIN_MAX_OBJECTS
+    if top is None:
+        top = MAX_OBJECTS if skill in ("glance12", "copy") else TRAIN_MAX_OBJECTS
     n = int(rng.integers(1, top + 1))
     return n, int(rng.integers(0, n + 1))
 
@@ -189,12 +191,14 @@ def step_messages(task: Task, seed: int, k: int, config: dict[str, Any]) -> tupl
     return env.messages, env.tool_schemas
 
 
-def make_chat(skill: str, seed: int, mark_style: str = "fill", n: int | None = None) -> Chat:
+def make_chat(
+    skill: str, seed: int, mark_style: str = "fill", n: int | None = None, top: int | None = None
+) -> Chat:
     """The example of `skill` drawn from `seed` (deterministic); `n` fixes the object count
-    (evaluation), else it is drawn from the seed."""
+    (evaluation), else it is drawn from the seed, at most `top` when given (a curriculum)."""
     if skill not in SKILLS:
         raise ValueError(f"unknown skill {skill!r}; known: {SKILLS}")
-    drawn_n, k = draws(skill, seed)
+    drawn_n, k = draws(skill, seed, top)
     n = drawn_n if n is None else n
     if skill == "copy":
         text = COPY_QUESTION.format(n=n)
