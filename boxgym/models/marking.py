@@ -478,6 +478,7 @@ def _train(
     results = final_results(model, processor, recipe, eval_scenes)
     results.update(steps=prog.step, minutes=minutes, arm=recipe.arm if recipe.arm_steps else None)
     results.update(origin)  # the commit the build ran from, not the one at its end
+    results["checkpoint"] = out.name
     staging = partial / "checkpoint"
     save_checkpoint(model, processor, staging)
     (staging / "recipe.json").write_text(json.dumps(identity, indent=1))
