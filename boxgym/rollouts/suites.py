@@ -174,7 +174,8 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """List suites, or run one."""
-    from boxgym.rollouts.commands import apply_run_config, execute_run
+    from boxgym.rollouts.commands import apply_run_config
+    from boxgym.rollouts.session import execute_run
 
     if args.list:
         for suite in SUITES.values():
