@@ -27,6 +27,32 @@ class ServerError(UserError):
     """A model server did not give a usable answer (refused, timed out, bad status or body)."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM stopped the command; the message says what was kept and how
+    to go on (e.g. that `--resume` finishes a run)."""
+
+    def __init__(self, message: str = "", signal_name: str = "SIGINT") -> None:
+        super().__init__(message)
+        self.signal_name = signal_name
+
+
+# Exit codes of a command stopped by a signal, as a shell reports them (128 + signal number).
+EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
+
+
+def describe_value(value: Any, limit: int = 80) -> str:
+    """A value for a one-line message: its repr cut to `limit` characters, safe on nested or
+    huge values (reprlib stops at a few levels and items, so a YAML alias bomb costs nothing)."""
+    import reprlib
+
+    shorter = reprlib.Repr()
+    shorter.maxlevel, shorter.maxlist, shorter.maxtuple = 3, 6, 6
+    shorter.maxdict, shorter.maxset = 6, 6
+    shorter.maxstring, shorter.maxother, shorter.maxlong = limit, limit, limit
+    text = " ".join(shorter.repr(value).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _os_error(error: OSError) -> str:
     where = f" {error.filename}" if error.filename else ""
     code = error.errno
@@ -139,15 +165,19 @@ def report_failures(run: Callable[[], int | None], *, debug: bool = False) -> in
     With `debug` the exception propagates (the caller shows the traceback). Worker threads'
     uncaught exceptions are reported as one line too.
     """
+    stop_on_sigterm()
     if debug:
         return int(run() or 0)
     previous_hook = threading.excepthook
     threading.excepthook = _thread_excepthook
     try:
         return int(run() or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        how = getattr(stop, "signal_name", "SIGINT")
+        said = " ".join(str(stop).split())
+        head = "interrupted" if how == "SIGINT" else f"stopped by {how}"
+        print(f"{head}: {said}" if said else head, file=sys.stderr)
+        return EXIT_SIGNAL.get(how, 130)
     except BrokenPipeError:  # `boxgym ... | head`: the reader left; nothing to report
         return 0
     except Exception as error:
@@ -155,6 +185,19 @@ def report_failures(run: Callable[[], int | None], *, debug: bool = False) -> in
         return EXIT_USER_ERROR
     finally:
         threading.excepthook = previous_hook
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (what `timeout`, SLURM and `kill` send) stop the command as Ctrl-C does:
+    an `Interrupted` exception, so files are closed and worker processes stopped on the way
+    out, and the command says what was kept. Only the main thread can install it."""
+    import signal
+
+    def stop(signum: int, frame: Any) -> None:
+        raise Interrupted(signal_name="SIGTERM")
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
 
 
 def _thread_excepthook(hook_args: Any) -> None:

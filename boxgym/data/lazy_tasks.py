@@ -94,3 +94,9 @@ def task_ids(tasks: Sequence[Task]) -> list[str]:
     if callable(name):
         return [name(i) for i in range(len(tasks))]
     return [t.id for t in tasks]
+
+
+def task_id_of(tasks: Sequence[Task], index: int) -> str:
+    """Task `index`'s id, without building it when the sequence can name it (`LazyTasks`)."""
+    name = getattr(tasks, "task_id", None)
+    return name(index) if callable(name) else tasks[index].id

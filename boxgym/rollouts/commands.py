@@ -340,14 +340,18 @@ def run_view(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     """Dispatch `episodes`, `rollout` and `view`."""
     from boxgym.data.loaders.user_tasks import load_tasks_argument, tasks_spec
+    from boxgym.rollouts.run_dir import fixed_task_list
+    from boxgym.rollouts.session import MAX_TASKS, check_count
 
     if args.verb == "view":
         return run_view(args)
     apply_run_config(args)
+    if args.n is not None:
+        check_count("--n", args.n, MAX_TASKS)
     if args.tasks:
-        if args.n is not None and args.n < 1:
-            raise ValueError(f"--n must be >= 1, got {args.n}")
-        tasks = load_tasks_argument(args, limit=args.n, lazy=True)  # decoded as episodes start
+        # decoded as episodes start; a resumed run keeps the task list it started with
+        fixed = fixed_task_list(Path(args.out)) if args.resume else None
+        tasks = load_tasks_argument(args, limit=args.n, lazy=True, fixed=fixed)
         return execute_run(args, tasks, tasks_spec(args, tasks))
     n = args.n if args.n is not None else (16 if args.verb == "episodes" else 64)
     scenes = parse_scenes(args.scene or "screens")

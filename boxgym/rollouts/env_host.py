@@ -33,9 +33,9 @@ per worker per turn does all of that with one `Pipe` per worker.
 
 Workers are forked (the tasks, often a `LazyTasks` of closures, need not pickle); start them
 before a model is loaded, so no model thread or GPU context is forked (`boxgym rollout` does).
-Each worker ignores Ctrl-C (the parent handles it and closes them) and exits when its parent
-goes away (its pipe reaches end-of-file, or its parent process id changes), so killing the
-parent leaves no process behind. A worker that dies ends the run with `EnvWorkerDied`, one line
+Each worker ignores Ctrl-C (the parent handles it and closes them) and dies with its parent
+(`boxgym.rollouts.parent_death`; its pipe reaching end-of-file or its parent process id changing
+end it too), so killing the parent, even with SIGKILL, leaves no process behind. A worker that dies ends the run with `EnvWorkerDied`, one line
 naming the worker and how it ended; the episodes already stored stay and `--resume` finishes
 the rest.
 """
@@ -58,9 +58,12 @@ from typing import Any
 
 from PIL import Image
 
+from boxgym.data.lazy_tasks import task_id_of
 from boxgym.data.task import Task
 from boxgym.env.parsing import valid_unicode
-from boxgym.rollouts.episode import EpisodeRecorder
+from boxgym.errors import explain
+from boxgym.rollouts.episode import EpisodeRecorder, task_error_record
+from boxgym.rollouts.parent_death import die_with_parent
 from boxgym.rollouts.store import EpisodeStore
 from boxgym.tools.recipes import RECIPE_KEY, DeferredImage, image_recipe, render_recipe
 
@@ -142,7 +145,14 @@ class LocalEnvHost:
     ) -> EpisodeUpdate:
         key = (task_index, sample)
         t0 = time.perf_counter()
-        task = self.tasks[task_index]
+        try:
+            task = self.tasks[task_index]
+        except Exception as exc:  # a task that cannot be built (its image vanished): record it
+            reason = explain(exc)
+            record = task_error_record(
+                task_id_of(self.tasks, task_index), task_index, sample, seed, run_info, reason
+            )
+            return EpisodeUpdate(key, [], True, record, None, time.perf_counter() - t0)
         env = self.make_env()
         recorder = EpisodeRecorder(self.store, task, task_index, sample, seed, run_info)
         try:
@@ -270,7 +280,14 @@ class ProcessEnvHost:
                 parent_end, child_end = context.Pipe()
                 process = context.Process(
                     target=_serve,
-                    args=(child_end, [*self._conns, parent_end], tasks, make_env, layout),
+                    args=(
+                        child_end,
+                        [*self._conns, parent_end],
+                        tasks,
+                        make_env,
+                        layout,
+                        os.getpid(),
+                    ),
                     name=f"boxgym-env-{index}",
                     daemon=True,
                 )
@@ -406,15 +423,16 @@ def _serve(
     tasks: Sequence[Task],
     make_env: Callable[[], Any],
     layout: tuple[str, str | None, str, str],
+    parent: int,
 ) -> None:
     """A worker's loop: answer start/step requests from its `LocalEnvHost` until told to close
     or until the parent goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group: the parent handles it
+    die_with_parent(parent)
     # The parent's ends (this worker's and the earlier workers'), copied by fork: closed here,
     # so that a parent that dies is an end-of-file (and a broken pipe) to every worker.
     for other in inherited:
         other.close()
-    parent = os.getppid()
     out_dir, episodes_dir, image_format, images = layout
     store = EpisodeStore(
         out_dir, episodes_dir=episodes_dir, image_format=image_format, collect=True

@@ -308,3 +308,27 @@ class EpisodeRecorder:
         if self.task.kind == "enumerate" and (metrics.get("enumeration_f1") or 0.0) < 1.0:
             return "wrong_items"
         return "wrong_answer"
+
+
+def task_error_record(
+    task_id: str, task_index: int, sample: int, seed: int, run_info: dict[str, Any], error: str
+) -> dict[str, Any]:
+    """The record of an episode whose task could not be built (its image vanished or no longer
+    decodes): failure `task_error` with the reason, no turns, no metrics but a zero reward."""
+    return {
+        "key": {"task_id": task_id, "task_index": task_index, "sample": sample},
+        **to_jsonable(run_info),
+        "seed": seed,
+        "task": {"id": task_id, "images": []},
+        "prompt": [],
+        "turns": [],
+        "reward": 0.0,
+        "reward_components": {},
+        "metrics": {"reward": 0.0, "turns": 0.0, "calls": 0.0, "answered": 0.0},
+        "final_answer": None,
+        "terminated": False,
+        "truncated": False,
+        "failure": "task_error",
+        "error": error,
+        "timing": {"policy_s": 0.0, "env_s": 0.0, "record_s": 0.0},
+    }

@@ -17,7 +17,20 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from boxgym.errors import UserError, explain
+from boxgym.errors import Interrupted, UserError, explain
+
+# Bounds on the counts a user types: far above any real run, low enough that a typo (an extra
+# zero, a number pasted into the wrong flag) is refused at once instead of taking the machine.
+MAX_TASKS = 10_000_000
+MAX_GROUP_SIZE = 4096
+MAX_WORKERS = 1024
+MAX_LIVE = 1_000_000
+
+
+def check_count(flag: str, value: int, most: int) -> None:
+    """Refuse a count option below 1 or above `most`, in one line."""
+    if not 1 <= value <= most:
+        raise UserError(f"{flag} must be between 1 and {most:,}, got {value}")
 
 
 class _DelayedPolicy:
@@ -70,6 +83,7 @@ def execute_run(
 ) -> int:
     """Run (or resume) a run directory, or one shard of it, over `tasks`; write its summary and
     page (over every shard present)."""
+    from boxgym.data.lazy_tasks import task_id_of
     from boxgym.env import EnvConfig
     from boxgym.policies.registry import make_policy
     from boxgym.rollouts.commands import (
@@ -80,10 +94,12 @@ def execute_run(
     )
     from boxgym.rollouts.metrics import EpisodeColumns
     from boxgym.rollouts.run_dir import (
+        check_run_folder,
         check_shard_count,
         hold_run,
         prepare_run_dir,
         prepare_shard_dir,
+        record_task_list,
     )
     from boxgym.rollouts.runner import append_session_timing, run_rollouts
     from boxgym.rollouts.shards import Shard
@@ -91,8 +107,17 @@ def execute_run(
     from boxgym.rollouts.viewer import PageIndex
 
     shard = Shard.parse(args.shard) if getattr(args, "shard", None) else None
-    if args.group_size < 1:
-        raise ValueError(f"--group-size must be >= 1, got {args.group_size}")
+    if shard is not None and shard.count > len(tasks):
+        raise UserError(
+            f"--shard {shard.label}: {shard.count} shards for {len(tasks)} task(s) would leave "
+            f"shards with nothing to run; use at most {len(tasks)} shards (--shard i/n with "
+            f"n <= {len(tasks)})"
+        )
+    check_count("--group-size", args.group_size, MAX_GROUP_SIZE)
+    check_count("--workers", getattr(args, "workers", 1) or 1, MAX_WORKERS)
+    for flag in ("batch_size", "max_live"):
+        if getattr(args, flag, None) is not None:
+            check_count("--" + flag.replace("_", "-"), getattr(args, flag), MAX_LIVE)
     if args.max_live is None:
         args.max_live = DEFAULT_MAX_LIVE.get(args.policy, 64)
     from boxgym.env.rewards import RewardConfig
@@ -120,7 +145,7 @@ def execute_run(
         "policy": args.policy,
         "policy_kwargs": {k: v for k, v in kwargs.items() if k not in ("batch_size", "api_key")},
         "tasks": task_spec,
-        "task_ids_head": [t.id for t in tasks[:4]],
+        "task_ids_head": [task_id_of(tasks, i) for i in range(min(4, len(tasks)))],
         "n_tasks": len(tasks),
         "group_size": args.group_size,
         "seed": args.seed,
@@ -137,8 +162,6 @@ def execute_run(
         config["shards"] = shard.count
     check_model_paths(args)
     workers = getattr(args, "workers", 1) or 1
-    if workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {workers}")
     # A model policy (or a scripted one told so) stays here and the workers host the envs
     # (`boxgym.rollouts.env_host`); a scripted policy otherwise runs in each worker.
     env_workers = workers > 1 and (
@@ -148,90 +171,105 @@ def execute_run(
     expected = len(indices) * args.group_size
     own_dir = shard.folder(out) if shard else out
     whose = f" of shard {shard.label}" if shard else ""
+    check_run_folder(out)
     if shard is not None:
         check_shard_count(out, shard.count)
-    with hold_run(out, shard):
-        if shard is None:
-            prepare_run_dir(out, config, resume=args.resume, overwrite=args.overwrite)
-        else:
-            prepare_shard_dir(out, config, shard, resume=args.resume, overwrite=args.overwrite)
-        # With env workers the policy is built after they are forked: no model thread or GPU
-        # context is copied into them.
-        policy = None if env_workers else make_policy(args.policy, **kwargs)
-        # Unsharded, the summary's columns fill as records go by: the stored ones while the
-        # resume pass reads them, the new ones as they finish; the file is parsed once and no
-        # record is kept. A shard's summary covers every shard, read after it ends.
-        columns = None if shard else EpisodeColumns()
-        index = None if shard or args.no_page else PageIndex()
+    try:
+        with hold_run(out, shard) as notes:
+            if shard is None:
+                prepare_run_dir(out, config, resume=args.resume, overwrite=args.overwrite)
+            else:
+                prepare_shard_dir(out, config, shard, resume=args.resume, overwrite=args.overwrite)
+            for note in notes:
+                print(note, file=sys.stderr)
+            if callable(getattr(tasks, "fixed_list", None)):  # --tasks: fixed for --resume
+                record_task_list(out, tasks.fixed_list(), scratch=own_dir)
+            # With env workers the policy is built after they are forked: no model thread or GPU
+            # context is copied into them.
+            policy = None if env_workers else make_policy(args.policy, **kwargs)
+            # Unsharded, the summary's columns fill as records go by: the stored ones while the
+            # resume pass reads them, the new ones as they finish; the file is parsed once and no
+            # record is kept. A shard's summary covers every shard, read after it ends.
+            columns = None if shard else EpisodeColumns()
+            index = None if shard or args.no_page else PageIndex()
 
-        def seen(record: dict[str, Any]) -> None:  # each stored or new record, in file order
-            columns.add(record)
-            if index is not None:
-                index.add(record)
+            def seen(record: dict[str, Any]) -> None:  # each stored or new record, in file order
+                columns.add(record)
+                if index is not None:
+                    index.add(record)
 
-        skip_lines: list[int] = []
-        try:
-            with (
-                EpisodeStore(out, episodes_dir=own_dir if shard else None) as store,
-                contextlib.ExitStack() as hosts,
-            ):
-                env_host = None
-                make_env = make_env_factory(env_config, zero_shot)
-                if env_workers:
-                    from boxgym.rollouts.env_host import ProcessEnvHost
+            skip_lines: list[int] = []
+            try:
+                with (
+                    EpisodeStore(out, episodes_dir=own_dir if shard else None) as store,
+                    contextlib.ExitStack() as hosts,
+                ):
+                    env_host = None
+                    make_env = make_env_factory(env_config, zero_shot)
+                    if env_workers:
+                        from boxgym.rollouts.env_host import ProcessEnvHost
 
-                    env_host = hosts.enter_context(ProcessEnvHost(workers, tasks, make_env, store))
-                    policy = make_policy(args.policy, **kwargs)
-                if args.policy_delay_s > 0:
-                    policy = _DelayedPolicy(policy, args.policy_delay_s)
-                if store.repaired_bytes:
-                    print(
-                        f"resume: cut a torn last line ({store.repaired_bytes} bytes) left by a "
-                        "killed run",
-                        file=sys.stderr,
-                    )
-                common = {
-                    "group_size": args.group_size,
-                    "seed": args.seed,
-                    "max_live": args.max_live,
-                    "progress": not args.no_progress,
-                    "run_info": {"policy": args.policy, "run": out.resolve().name},
-                    "task_indices": indices,
-                    "on_episode": seen if columns is not None else None,
-                    "on_stored": seen if columns is not None else None,
-                }
-                if workers > 1 and not env_workers:
-                    from boxgym.rollouts.workers import run_in_workers
+                        env_host = hosts.enter_context(
+                            ProcessEnvHost(workers, tasks, make_env, store)
+                        )
+                        policy = make_policy(args.policy, **kwargs)
+                    if args.policy_delay_s > 0:
+                        policy = _DelayedPolicy(policy, args.policy_delay_s)
+                    if store.repaired_bytes:
+                        print(
+                            f"resume: cut a torn last line ({store.repaired_bytes} bytes) left by a "
+                            "killed run",
+                            file=sys.stderr,
+                        )
+                    common = {
+                        "group_size": args.group_size,
+                        "seed": args.seed,
+                        "max_live": args.max_live,
+                        "progress": not args.no_progress,
+                        "run_info": {"policy": args.policy, "run": out.resolve().name},
+                        "task_indices": indices,
+                        "on_episode": seen if columns is not None else None,
+                        "on_stored": seen if columns is not None else None,
+                    }
+                    if workers > 1 and not env_workers:
+                        from boxgym.rollouts.workers import run_in_workers
 
-                    stats = run_in_workers(
-                        tasks,
-                        partial(make_policy, args.policy, **kwargs),
-                        make_env,
-                        store,
-                        workers=workers,
-                        **common,
-                    )
-                else:
-                    stats = run_rollouts(
-                        tasks,
-                        policy,
-                        make_env,
-                        store,
-                        batch_size=args.batch_size,
-                        env_host=env_host,
-                        **common,
-                    )
-                skip_lines = store.skip_lines
-                if store.scan_report:
-                    print(f"note: {store.scan_report}", file=sys.stderr)
-        except Exception as error:
-            stored = sum(1 for _ in EpisodeReader(own_dir))
-            raise UserError(
-                f"{explain(error)} ({stored}/{expected} episodes{whose} are stored in {own_dir}; "
-                "once fixed, rerun the same command with --resume to finish)"
-            ) from error
-        append_session_timing(own_dir, stats)
-        stored = stats.skipped_done + stats.episodes
+                        stats = run_in_workers(
+                            tasks,
+                            partial(make_policy, args.policy, **kwargs),
+                            make_env,
+                            store,
+                            workers=workers,
+                            **common,
+                        )
+                    else:
+                        stats = run_rollouts(
+                            tasks,
+                            policy,
+                            make_env,
+                            store,
+                            batch_size=args.batch_size,
+                            env_host=env_host,
+                            **common,
+                        )
+                    skip_lines = store.skip_lines
+                    if store.scan_report:
+                        print(f"note: {store.scan_report}", file=sys.stderr)
+            except Exception as error:
+                stored = sum(1 for _ in EpisodeReader(own_dir))
+                raise UserError(
+                    f"{explain(error)} ({stored}/{expected} episodes{whose} are stored in {own_dir}; "
+                    "once fixed, rerun the same command with --resume to finish)"
+                ) from error
+            append_session_timing(own_dir, stats)
+            stored = stats.skipped_done + stats.episodes
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: what is stored stays
+        done = sum(1 for _ in EpisodeReader(own_dir))
+        raise Interrupted(
+            f"{done}/{expected} episodes{whose} are stored in {own_dir}; rerun the same command "
+            "with --resume to finish the run",
+            getattr(stop, "signal_name", "SIGINT"),
+        ) from stop
     summary = write_run_outputs(
         out,
         seed=args.seed,

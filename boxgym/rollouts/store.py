@@ -89,64 +89,6 @@ def _has_valid_key(record: dict[str, Any]) -> bool:
     return True
 
 
-class RunLockedError(Exception):
-    """Another process holds the run directory's lock."""
-
-
-class RunLock:
-    """A lock on a run directory (`run.lock`, `fcntl.flock`), non-blocking unless asked.
-
-    Two runs writing one `episodes.jsonl` would duplicate episodes; the second is refused. The
-    operating system drops the lock when its holder exits, killed or not, so a stale lock file
-    never blocks a `--resume`. Shards of one run each hold the run's lock shared (so an unsharded
-    run, which holds it exclusively, is refused while any shard runs) and their own shard
-    folder's lock exclusively.
-
-    Args:
-        run_dir: the folder the lock file lives in.
-        shared: take a shared lock (many holders) instead of an exclusive one.
-        file: the lock file's name.
-    """
-
-    FILE = "run.lock"
-
-    def __init__(self, run_dir: str | Path, *, shared: bool = False, file: str = FILE) -> None:
-        self.path = Path(run_dir) / file
-        self.shared = shared
-        self._file: Any = None
-
-    def acquire(self, *, blocking: bool = False) -> RunLock:
-        """Take the lock; raise `RunLockedError` when another process holds it (unless blocking)."""
-        import fcntl
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a+")  # noqa: SIM115 - held for the run
-        mode = fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
-        try:
-            fcntl.flock(self._file.fileno(), mode if blocking else mode | fcntl.LOCK_NB)
-        except BlockingIOError as error:
-            self._file.close()
-            self._file = None
-            raise RunLockedError(str(self.path.parent)) from error
-        if not self.shared:  # the holder's process id, for the user who finds the run busy
-            self._file.seek(0)
-            self._file.truncate()
-            self._file.write(f"{os.getpid()}\n")
-            self._file.flush()
-        return self
-
-    def release(self) -> None:
-        if self._file is not None:
-            self._file.close()  # closing drops the flock
-            self._file = None
-
-    def __enter__(self) -> RunLock:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
 @dataclass
 class EpisodeLog:
     """What `read_episodes` found.

@@ -21,6 +21,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from boxgym.data.splits import EVAL_SEED_BASE
@@ -187,7 +188,10 @@ def run(args: argparse.Namespace) -> int:
 
         if not args.out:
             raise UserError("give --out DIR for the run")
-        tasks = load_tasks_argument(args, limit=args.limit, lazy=True)
+        from boxgym.rollouts.run_dir import fixed_task_list
+
+        fixed = fixed_task_list(Path(args.out)) if args.resume else None
+        tasks = load_tasks_argument(args, limit=args.limit, lazy=True, fixed=fixed)
         title = f"boxgym eval: {args.tasks} ({args.policy})"
         return execute_run(args, tasks, tasks_spec(args, tasks), title=title)
     if not args.suite:

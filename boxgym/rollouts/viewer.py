@@ -23,9 +23,10 @@ random token, and a page opened before a rewrite says so instead of showing the 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import secrets
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -166,10 +167,25 @@ def _write_pages(folder: Path, lines: Iterable[str], token: str, page_bytes: int
     return counts
 
 
+_PAGE_FILE = re.compile(r"^\d{4,}\.js$")
+
+
 def _clear_leftovers(run_dir: Path) -> None:
-    """Folders a killed earlier write left (`pages.tmp-*`, `pages.old-*`)."""
+    """Folders a killed earlier write left (`pages.tmp-*`, `pages.old-*`): their page files."""
     for leftover in [*run_dir.glob(f"{PAGE_DIR}.tmp-*"), *run_dir.glob(f"{PAGE_DIR}.old-*")]:
-        shutil.rmtree(leftover, ignore_errors=True)
+        _retire(leftover, None)
+
+
+def _retire(folder: Path, keep_in: Path | None) -> None:
+    """Delete the page files in `folder`; move anything else (not written here) into `keep_in`
+    when there is no file of that name there; remove `folder` if that emptied it."""
+    for entry in folder.iterdir():
+        if entry.is_file() and not entry.is_symlink() and _PAGE_FILE.match(entry.name):
+            entry.unlink()
+        elif keep_in is not None and not (keep_in / entry.name).exists():
+            entry.rename(keep_in / entry.name)
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def write_run_page(
@@ -219,7 +235,7 @@ def write_run_page(
             page.write("]}")
             page.write(tail)
     except BaseException:
-        shutil.rmtree(fresh, ignore_errors=True)
+        _retire(fresh, None)
         raise
     current = run_dir / PAGE_DIR
     old = run_dir / f"{PAGE_DIR}.old-{token}"
@@ -227,7 +243,8 @@ def write_run_page(
         current.rename(old)
     fresh.rename(current)
     tmp.replace(path)
-    shutil.rmtree(old, ignore_errors=True)
+    if old.exists():
+        _retire(old, current)
     return path
 
 

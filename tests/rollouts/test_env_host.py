@@ -190,7 +190,7 @@ def test_a_killed_worker_is_one_line_and_the_run_resumes(tmp_path) -> None:
     assert by_key(out / "episodes.jsonl") == by_key(clean / "episodes.jsonl")
 
 
-@pytest.mark.parametrize("how", ["sigkill", "ctrl-c"])
+@pytest.mark.parametrize("how", ["sigkill", "sigterm", "ctrl-c"])
 @pytest.mark.slow
 def test_stopping_the_parent_leaves_no_worker_behind(tmp_path, how) -> None:
     out = tmp_path / "run"
@@ -198,13 +198,18 @@ def test_stopping_the_parent_leaves_no_worker_behind(tmp_path, how) -> None:
     workers = workers_once_running(proc, out, 1)
     if how == "sigkill":
         os.kill(proc.pid, signal.SIGKILL)
+    elif how == "sigterm":
+        os.kill(proc.pid, signal.SIGTERM)  # what `timeout` and SLURM send
     else:
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
     _, err = proc.communicate(timeout=60)
     assert gone(workers)
-    if how == "ctrl-c":
-        assert proc.returncode == 130 and "Traceback" not in err, err
-        assert err.strip().splitlines()[-1] == "interrupted"
+    if how != "sigkill":
+        assert proc.returncode == (130 if how == "ctrl-c" else 143), err
+        assert "Traceback" not in err, err
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("interrupted: " if how == "ctrl-c" else "stopped by SIGTERM: ")
+        assert "episodes are stored" in last and "--resume" in last, last
     assert run_verbs([*RUN, "--out", str(out), "--resume"]) == 0
     assert len(by_key(out / "episodes.jsonl")) == 12
 

@@ -187,8 +187,10 @@ def test_refuses_a_non_empty_dir_and_mismatched_resume(tmp_path, capsys) -> None
     assert len(read_episodes(out).episodes) == 3
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "x.txt").write_text("mine")
-    assert run_verbs([*base[:-1], str(tmp_path / "other"), "--resume"]) == 2
-    assert "no run.json" in capsys.readouterr().err
+    for option in ("--resume", "--overwrite"):  # a folder that holds no run is never touched
+        assert run_verbs([*base[:-1], str(tmp_path / "other"), option]) == 2
+        assert "holds no boxgym run (x.txt)" in capsys.readouterr().err
+        assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["x.txt"]
 
 
 def test_sigkill_mid_run_then_resume_completes_exactly(tmp_path) -> None:

@@ -15,6 +15,7 @@ manifest to a copy made another way (e.g. `huggingface-cli download`, parquet sh
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -221,8 +222,6 @@ def cache_dataset(
     Returns:
         The manifest written.
     """
-    import shutil
-
     from boxgym.data.loaders.common import _import_datasets, open_rows
 
     datasets = _import_datasets()
@@ -230,10 +229,15 @@ def cache_dataset(
     out = Path(out_dir)
     if path is not None and Path(path).resolve() == out.resolve():
         raise DatasetSourceError(f"{out} is the source itself; cache to another directory")
+    if out.exists() and not out.is_dir():
+        raise DatasetSourceError(f"{out} is a file; give a new or empty folder for the cache")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise DatasetSourceError(f"{out} is not empty; pass overwrite=True to replace it")
-        shutil.rmtree(out)
+            raise DatasetSourceError(
+                f"{out} is not empty; pass --overwrite to replace a cache made here, or choose "
+                "another folder"
+            )
+        _delete_cache(out)
     splits = list(splits or [loader.default_split])
     parts = {}
     for split in splits:
@@ -259,3 +263,39 @@ def cache_dataset(
         layout="save_to_disk",
         config=config,
     )
+
+
+def _delete_cache(out: Path) -> None:
+    """Delete a cache `cache_dataset` made in `out`: the files its manifest lists and the
+    metadata `save_to_disk` writes beside them, nothing else.
+
+    Raises:
+        DatasetSourceError: `out` holds no such cache (its files were not written here).
+    """
+    try:
+        manifest = json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        manifest = None
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("format") != MANIFEST_FORMAT
+        or manifest.get("layout") != "save_to_disk"
+        or not isinstance(manifest.get("files"), dict)
+    ):
+        raise DatasetSourceError(
+            f"{out} holds no cache made by `boxgym data cache`, so --overwrite would delete "
+            "files boxgym did not write; choose another folder"
+        )
+    root = out.resolve()
+    listed = [out / name for name in manifest["files"]]
+    for split in manifest.get("splits") or {}:
+        listed += [out / str(split) / "dataset_info.json", out / str(split) / "state.json"]
+    listed += [out / "dataset_dict.json", out / MANIFEST_NAME]
+    for path in listed:
+        if root in path.resolve().parents and path.is_file() and not path.is_symlink():
+            path.unlink()
+    for folder in sorted(
+        (p for p in out.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True
+    ):
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # emptied folders only: anything else keeps its folder

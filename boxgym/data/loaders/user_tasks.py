@@ -82,6 +82,7 @@ def load_user_tasks(
     split: str | None = None,
     limit: int | None = None,
     lazy: bool = False,
+    fixed: dict[str, list[Any]] | None = None,
 ) -> LoadResult:
     """Tasks from an image folder with metadata, a task file, or a hub dataset.
 
@@ -96,6 +97,11 @@ def load_user_tasks(
             here (so bad rows are counted and skipped exactly as otherwise), but only the row
             (the image's path, or its encoded bytes when embedded) is kept, and a task's image
             is decoded again when an episode asks for it: memory does not hold n images.
+        fixed: a run's task list as it was fixed at its start (`fixed_task_list`): the tasks
+            are exactly those, in that order, matched to rows by row number and id without
+            decoding any image (`lazy` is implied, `limit` ignored). A task whose image is now
+            missing or unreadable, or whose row is gone, stays in the list and fails when its
+            episode starts, so a resumed run keeps its tasks and finishes the rest.
 
     Raises:
         DatasetSourceError: nothing readable at `source`.
@@ -115,6 +121,9 @@ def load_user_tasks(
         table = _task_table(path, split)
         rows, source_name, base_dir = _file_rows(table, reasons), f"local:{table}", table.parent
     result = LoadResult(source=source_name)
+    if fixed is not None:
+        result.tasks = _fixed_user_tasks(rows, fixed, base_dir, mapping, text, result)
+        return result
     tasks: list[Task] = []
     kept: list[tuple[dict[str, Any], int]] = []  # lazy: the rows of the tasks, by task index
     ids: list[str] = []
@@ -151,26 +160,80 @@ def load_user_tasks(
     return result
 
 
+class UserTasks(LazyTasks):
+    """Tasks read with `lazy=True`: task i is rebuilt from its row when an episode asks for it.
+
+    `fixed_list()` is what a run records of them at its start (`tasks.json`: each task's id and
+    row number), for `load_user_tasks(fixed=...)` when the run is resumed.
+    """
+
+    def __init__(self, ids: list[str], rows: list[int | None], build: Any) -> None:
+        super().__init__(len(ids), build, ids.__getitem__, images_per_task=1)
+        self._ids, self._rows = ids, rows
+
+    def fixed_list(self) -> dict[str, list[Any]]:
+        return {"ids": list(self._ids), "rows": list(self._rows)}
+
+
 def _lazy_user_tasks(
-    rows: list[tuple[dict[str, Any], int]],
+    rows: list[tuple[dict[str, Any], int] | None],
     ids: list[str],
     base_dir: Path | None,
     mapping: dict[str, str],
     source: str,
-) -> LazyTasks:
-    """Task i rebuilt from its kept row (image decoded) when an episode asks for it."""
+) -> UserTasks:
+    """Task i rebuilt from its kept row (image decoded) when an episode asks for it; a row that
+    cannot be read then (or is gone: None) raises `DatasetSourceError` naming the task."""
 
     def build(i: int) -> Task:
+        if rows[i] is None:
+            raise DatasetSourceError(
+                f"--tasks {source}: task {ids[i]} is no longer in the task file"
+            )
         row, index = rows[i]
         try:
-            return row_to_task(row, index, base_dir, mapping)
+            task = row_to_task(row, index, base_dir, mapping)
         except (BadRow, KeyError, TypeError, ValueError) as error:
             raise DatasetSourceError(
-                f"--tasks {source}: task {ids[i]} could not be read again ({error}); was it "
-                "changed or removed during the run? Restore it and rerun with --resume"
+                f"--tasks {source}: task {ids[i]} could not be read ({error}); was it changed "
+                "or removed during the run?"
             ) from error
+        reason = unusable_reason(task)
+        if reason is not None or task.id != ids[i]:
+            raise DatasetSourceError(
+                f"--tasks {source}: task {ids[i]} changed during the run ({reason or 'its id'})"
+            )
+        return task
 
-    return LazyTasks(len(ids), build, ids.__getitem__, images_per_task=1)
+    return UserTasks(ids, [None if r is None else r[1] for r in rows], build)
+
+
+def _fixed_user_tasks(
+    rows: Iterator[dict[str, Any]],
+    fixed: dict[str, list[Any]],
+    base_dir: Path | None,
+    mapping: dict[str, str],
+    source: str,
+    result: LoadResult,
+) -> UserTasks:
+    """The tasks of `fixed`, each from the row with its row number and id (else the first row
+    with its id); a task with no row left fails when its episode starts."""
+    ids = [str(i) for i in fixed.get("ids", [])]
+    numbers = list(fixed.get("rows", [None] * len(ids)))
+    wanted = {(n, i) for n, i in zip(numbers, ids)}
+    by_number: dict[tuple[Any, str], tuple[dict[str, Any], int]] = {}
+    by_id: dict[str, tuple[dict[str, Any], int]] = {}
+    for index, row in enumerate(rows):
+        result.rows_read = index + 1
+        try:
+            task_id = row_task_id(row, index, mapping)
+        except (KeyError, TypeError, ValueError):
+            continue
+        if (index, task_id) in wanted:
+            by_number[(index, task_id)] = (row, index)
+        by_id.setdefault(task_id, (row, index))
+    kept = [by_number.get((n, i)) or by_id.get(i) for n, i in zip(numbers, ids)]
+    return _lazy_user_tasks(kept, ids, base_dir, mapping, source)
 
 
 def _task_table(path: Path, split: str | None) -> Path:
@@ -324,11 +387,7 @@ def row_to_task(
     """One row -> one `count` (or `enumerate`, when labelled boxes are given) task."""
     image_cell = _get(row, mapping, "file_name")
     image = decode_image(image_cell, base_dir, column=mapping.get("file_name", "file_name"))
-    task_id = _get(row, mapping, "id")
-    if task_id in (None, ""):
-        ref = image_cell.get("path") if isinstance(image_cell, dict) else image_cell
-        task_id = str(Path(ref).with_suffix("")) if isinstance(ref, str) and ref else None
-    task_id = str(task_id) if task_id not in (None, "") else f"row-{index:06d}"
+    task_id = row_task_id(row, index, mapping)
     objects = _objects(row, mapping, image.size)
     raw_count = _get(row, mapping, "count")
     count = parse_count(raw_count) if raw_count not in (None, "") else len(objects)
@@ -360,6 +419,17 @@ def row_to_task(
     )
 
 
+def row_task_id(row: dict[str, Any], index: int, mapping: dict[str, str]) -> str:
+    """The id of the task a row makes, without decoding its image: the id column, else the
+    image's path without its extension, else `row-<index>`."""
+    task_id = _get(row, mapping, "id")
+    if task_id in (None, ""):
+        image_cell = _get(row, mapping, "file_name")
+        ref = image_cell.get("path") if isinstance(image_cell, dict) else image_cell
+        task_id = str(Path(ref).with_suffix("")) if isinstance(ref, str) and ref else None
+    return str(task_id) if task_id not in (None, "") else f"row-{index:06d}"
+
+
 def add_tasks_arguments(parser: Any) -> None:
     """`--tasks PATH` and `--columns` for a verb that runs over tasks."""
     group = parser.add_argument_group("your tasks")
@@ -377,10 +447,15 @@ def add_tasks_arguments(parser: Any) -> None:
     group.add_argument("--tasks-split", help="--tasks: a split subfolder or hub split")
 
 
-def load_tasks_argument(args: Any, limit: int | None = None, lazy: bool = False) -> Sequence[Task]:
+def load_tasks_argument(
+    args: Any,
+    limit: int | None = None,
+    lazy: bool = False,
+    fixed: dict[str, list[Any]] | None = None,
+) -> Sequence[Task]:
     """The tasks `--tasks` names, with a one-line note on stderr of what was skipped and why.
 
-    `lazy` as in `load_user_tasks` (a run's tasks: images decoded as episodes start).
+    `lazy` and `fixed` (a resumed run's task list) as in `load_user_tasks`.
     """
     import sys
 
@@ -390,6 +465,7 @@ def load_tasks_argument(args: Any, limit: int | None = None, lazy: bool = False)
         split=getattr(args, "tasks_split", None),
         limit=limit,
         lazy=lazy,
+        fixed=fixed,
     )
     print(f"tasks: {result.summary()}", file=sys.stderr)
     return result.tasks
