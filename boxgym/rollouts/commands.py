@@ -340,7 +340,7 @@ def run_view(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     """Dispatch `episodes`, `rollout` and `view`."""
     from boxgym.data.loaders.user_tasks import load_tasks_argument, tasks_spec
-    from boxgym.rollouts.run_dir import fixed_task_list
+    from boxgym.rollouts.run_dir import check_run_folder, fixed_task_list
     from boxgym.rollouts.session import MAX_TASKS, check_count
 
     if args.verb == "view":
@@ -350,6 +350,7 @@ def run(args: argparse.Namespace) -> int:
         check_count("--n", args.n, MAX_TASKS)
     if args.tasks:
         # decoded as episodes start; a resumed run keeps the task list it started with
+        check_run_folder(Path(args.out))  # before the tasks are read
         fixed = fixed_task_list(Path(args.out)) if args.resume else None
         tasks = load_tasks_argument(args, limit=args.n, lazy=True, fixed=fixed)
         return execute_run(args, tasks, tasks_spec(args, tasks))

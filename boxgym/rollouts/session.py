@@ -46,6 +46,12 @@ class _DelayedPolicy:
         return self.policy.act(conversations, tools, tasks)
 
 
+def _slowed(make: Any, delay_s: float) -> Any:
+    """A worker's policy, from its factory, slowed like the parent's when `delay_s` > 0."""
+    policy = make()
+    return _DelayedPolicy(policy, delay_s) if delay_s > 0 else policy
+
+
 def check_model_paths(args: argparse.Namespace) -> None:
     """Refuse a --model or --adapter path that does not exist before anything is loaded."""
     if args.policy in ("hf", "vllm") and getattr(args, "model", None):
@@ -114,7 +120,8 @@ def execute_run(
             f"n <= {len(tasks)})"
         )
     check_count("--group-size", args.group_size, MAX_GROUP_SIZE)
-    check_count("--workers", getattr(args, "workers", 1) or 1, MAX_WORKERS)
+    workers = 1 if getattr(args, "workers", None) is None else args.workers
+    check_count("--workers", workers, MAX_WORKERS)
     for flag in ("batch_size", "max_live"):
         if getattr(args, flag, None) is not None:
             check_count("--" + flag.replace("_", "-"), getattr(args, flag), MAX_LIVE)
@@ -153,7 +160,7 @@ def execute_run(
         "batch_size": args.batch_size,
         "max_live": args.max_live,
         "policy_delay_s": args.policy_delay_s,
-        "workers": getattr(args, "workers", 1),
+        "workers": getattr(args, "workers", 1),  # as given: None in runs started before
     }
     zero_shot = bool(getattr(args, "no_tools", False))
     if zero_shot:  # recorded only when on, so runs written before the option still resume
@@ -161,7 +168,6 @@ def execute_run(
     if shard is not None:  # likewise recorded only for sharded runs
         config["shards"] = shard.count
     check_model_paths(args)
-    workers = getattr(args, "workers", 1) or 1
     # A model policy (or a scripted one told so) stays here and the workers host the envs
     # (`boxgym.rollouts.env_host`); a scripted policy otherwise runs in each worker.
     env_workers = workers > 1 and (
@@ -236,7 +242,11 @@ def execute_run(
 
                         stats = run_in_workers(
                             tasks,
-                            partial(make_policy, args.policy, **kwargs),
+                            partial(
+                                _slowed,
+                                partial(make_policy, args.policy, **kwargs),
+                                args.policy_delay_s,
+                            ),
                             make_env,
                             store,
                             workers=workers,

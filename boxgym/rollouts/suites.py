@@ -188,8 +188,9 @@ def run(args: argparse.Namespace) -> int:
 
         if not args.out:
             raise UserError("give --out DIR for the run")
-        from boxgym.rollouts.run_dir import fixed_task_list
+        from boxgym.rollouts.run_dir import check_run_folder, fixed_task_list
 
+        check_run_folder(Path(args.out))  # before the tasks are read
         fixed = fixed_task_list(Path(args.out)) if args.resume else None
         tasks = load_tasks_argument(args, limit=args.limit, lazy=True, fixed=fixed)
         title = f"boxgym eval: {args.tasks} ({args.policy})"
