@@ -12,16 +12,92 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
 from typing import Any
 
+import yaml
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
-from boxgym.errors import UserError
+from boxgym.errors import UserError, describe_value
 
 
 class ConfigError(UserError, ValueError):
     """A config value or key is wrong; the message names the key and the fix."""
+
+
+# The most a config's YAML may hold: values once every alias is expanded, and nesting. A run
+# config has a few hundred values; an alias bomb (each level repeating the one before) holds
+# billions while its text stays short.
+MAX_YAML_VALUES = 100_000
+MAX_YAML_DEPTH = 64
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2-style floats (`1e-4` is a float, plain PyYAML reads a
+    string) and bounds: at most `MAX_YAML_VALUES` values counting every alias expanded, at most
+    `MAX_YAML_DEPTH` levels of nesting, no alias to a node still being read (a cycle)."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._values = 0
+        self._sizes: dict[int, int] = {}  # id(node) -> values it expands to, once composed
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            anchor = self.peek_event().anchor
+            node = self.anchors.get(anchor)
+            if node is not None:
+                if id(node) not in self._sizes:  # still being read: the alias is inside it
+                    raise ConfigError(f"YAML alias *{anchor} refers to itself; remove the cycle")
+                self._count(self._sizes[id(node)], f"alias *{anchor}")
+            return super().compose_node(parent, index)
+        self._depth += 1
+        if self._depth > MAX_YAML_DEPTH:
+            raise ConfigError(
+                f"YAML nested more than {MAX_YAML_DEPTH} levels deep; a config needs a few"
+            )
+        try:
+            start = self._values
+            composed = super().compose_node(parent, index)
+            self._count(1, "a value")
+            self._sizes[id(composed)] = self._values - start
+            return composed
+        finally:
+            self._depth -= 1
+
+    def _count(self, added: int, what: str) -> None:
+        self._values += added
+        if self._values > MAX_YAML_VALUES:
+            raise ConfigError(
+                f"YAML holds more than {MAX_YAML_VALUES:,} values once its aliases are expanded "
+                f"(at {what}); a config needs a few hundred: remove the repeated aliases"
+            )
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text parsed safely and within bounds (`_Loader`), with `1e-4` read as a float.
+
+    Raises:
+        ConfigError: the text expands past `MAX_YAML_VALUES` values or `MAX_YAML_DEPTH` levels.
+        yaml.YAMLError: text that is not YAML.
+    """
+    return yaml.load(text, Loader=_Loader)
 
 
 # Unknown keys are errors; "8" for an int is accepted (YAML and --set already give numbers).
@@ -75,7 +151,11 @@ def format_validation_error(error: ValidationError, cls: type | None = None) -> 
             continue
         message = str(item.get("msg", "invalid")).removeprefix("Value error, ")
         given = item.get("input")
-        shown = f" (got {given!r})" if kind != "value_error" and not isinstance(given, dict) else ""
+        shown = (
+            f" (got {describe_value(given)})"
+            if kind != "value_error" and not isinstance(given, dict)
+            else ""
+        )
         parts.append(f"{key}: {message}{shown}")
     more = len(error.errors()) - 3
     tail = f" (+{more} more)" if more > 0 else ""
@@ -112,8 +192,8 @@ def check_trainer(trl_config_cls: type, trainer: dict[str, Any], section: str = 
         except ValidationError as error:
             first = error.errors()[0]
             raise ConfigError(
-                f"bad config: {section}.{key}: {first.get('msg', 'invalid')} (got {value!r}); "
-                "fix the YAML file or the --set value"
+                f"bad config: {section}.{key}: {first.get('msg', 'invalid')} (got "
+                f"{describe_value(value)}); fix the YAML file or the --set value"
             ) from None
 
 

@@ -49,7 +49,10 @@ def describe_value(value: Any, limit: int = 80) -> str:
     shorter.maxlevel, shorter.maxlist, shorter.maxtuple = 3, 6, 6
     shorter.maxdict, shorter.maxset = 6, 6
     shorter.maxstring, shorter.maxother, shorter.maxlong = limit, limit, limit
-    text = " ".join(shorter.repr(value).split())
+    try:
+        text = " ".join(shorter.repr(value).split())
+    except ValueError:  # an int past Python's digit limit for str()
+        text = f"<a {type(value).__name__} too large to show>"
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -114,6 +117,12 @@ def _explain(error: BaseException) -> str:
         return missing_module_message(error.name or str(error))
     if isinstance(error, ImportError):
         return str(error)
+    if _hub_unreachable(error):
+        return (
+            "cannot reach the Hugging Face Hub, and the model is not in the local cache; "
+            "download it where there is network (huggingface-cli download ID) and pass its "
+            "folder as --model, or give a local checkpoint folder"
+        )
     if isinstance(error, MemoryError):
         return "out of memory; use fewer live episodes (--max-live), a smaller batch or model"
     if isinstance(error, UnicodeError):
@@ -127,6 +136,21 @@ def _explain(error: BaseException) -> str:
         f"internal error {type(error).__name__}: {text[:300]}; rerun with --debug for the "
         "traceback and report it"
     )
+
+
+def _hub_unreachable(error: BaseException) -> bool:
+    """Whether `error` (or what caused it) is the hub not answering for a file not cached."""
+    seen: BaseException | None = error
+    for _ in range(5):
+        if seen is None:
+            return False
+        name = type(seen).__name__
+        if name in ("LocalEntryNotFoundError", "OfflineModeIsEnabled"):
+            return True
+        if "couldn't connect to 'https://huggingface.co'" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 # Top-level modules of the optional extras, and the extra that provides each.

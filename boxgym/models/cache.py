@@ -53,14 +53,27 @@ def resolve_model(model: str | os.PathLike[str] | None) -> str:
                 "`boxgym tiny-model --seeing` (about 90 minutes on 2 CPU cores), or pass its --out path"
             )
         return str(path)
+    from boxgym.errors import UserError
+
     text = str(model)
     path = Path(text).expanduser()
-    if path.exists():
-        return str(path)
+    if path.is_file():
+        raise UserError(
+            f"--model {text} is a file, not a checkpoint; give the checkpoint's folder (with "
+            "config.json) or a hub id such as Qwen/Qwen2-VL-2B-Instruct"
+        )
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return str(path)
+        adapter = (path / "adapter_config.json").is_file()
+        raise UserError(
+            f"--model {text} has no config.json, so it is not a checkpoint folder"
+            + ("; it holds a LoRA adapter: pass it as --adapter" if adapter else "")
+            + "; give a checkpoint folder (with config.json) or a hub id such as "
+            "Qwen/Qwen2-VL-2B-Instruct"
+        )
     looks_local = path.is_absolute() or text.startswith((".", "~")) or text.count("/") != 1
     if looks_local:
-        from boxgym.errors import UserError
-
         raise UserError(
             f"no model at {text}: that path does not exist; give a checkpoint directory (with "
             "config.json) or a hub id such as Qwen/Qwen2-VL-2B-Instruct"

@@ -8,11 +8,13 @@ import json
 import time
 from pathlib import Path
 
+from boxgym.errors import UserError
 from boxgym.models.build import build_seeing_model
 from boxgym.models.cache import default_model_path, seeing_model_path
 from boxgym.models.evaluation import summary_line
 from boxgym.models.recipe import SeeingRecipe, recipe_with
 from boxgym.models.tiny import SEED, build_tiny_model
+from boxgym.output_dir import check_out_path
 
 
 def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
@@ -54,18 +56,25 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.seeing and args.marking:
-        raise ValueError("choose one of --seeing and --marking")
+        raise UserError("choose one of --seeing and --marking")
     if args.seeing:
         return run_cli(args)
     if args.marking:
         return run_marking(args)
+    if args.set or args.threads is not None:
+        raise UserError(
+            "--set and --threads shape a trained model's recipe: add --seeing or --marking, or "
+            "leave them out for the random tiny model"
+        )
     if args.out is None:
         path = default_model_path()
     else:
         out = Path(args.out)
+        check_out_path(out)
         if out.exists() and any(out.iterdir()) and not (out / ".complete").is_file():
-            print(f"error: {out} exists and is not a tiny-model checkpoint; choose an empty --out")
-            return 2
+            raise UserError(
+                f"{out} is not empty and holds no tiny-model checkpoint; choose a new or empty --out"
+            )
         if out.exists() and not any(out.iterdir()):
             out.rmdir()
         path = build_tiny_model(out, seed=args.seed)
@@ -74,9 +83,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    """`boxgym tiny-model --seeing`: build (or reuse) the seeing checkpoint and print its figures."""
+    """`boxgym tiny-model --seeing`: build (or reuse) the seeing checkpoint and print its figures.
+
+    The recipe is validated before anything is made, so a bad `--set` is one line and no folder.
+    """
     recipe = recipe_with(args.set or [])
+    if args.threads is not None and not 1 <= args.threads <= 1024:
+        raise UserError(f"--threads must be between 1 and 1024, got {args.threads}")
     out = Path(args.out) if args.out else seeing_model_path()
+    check_out_path(out)
     if recipe != SeeingRecipe() and not args.out:
         out = out.with_name(f"seeing-qwen2-vl-{recipe.key()}")
     started = time.time()
@@ -98,8 +113,12 @@ def run_marking(args: argparse.Namespace) -> int:
     )
 
     recipe = recipe_with(args.set or [], MarkingRecipe())
+    if args.threads is not None and not 1 <= args.threads <= 1024:
+        raise UserError(f"--threads must be between 1 and 1024, got {args.threads}")
+    out = Path(args.out) if args.out else marking_path(recipe)
+    check_out_path(out)
     started = time.time()
-    path = build_marking_model(args.out or marking_path(recipe), recipe, threads=args.threads)
+    path = build_marking_model(out, recipe, threads=args.threads)
     results = json.loads((path / "results.json").read_text())
     print(summary_line(results))
     print(f"({time.time() - started:.1f} s this call)")

@@ -29,14 +29,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
+from boxgym.config import typed_section
 from boxgym.models.skills import GROUND_PHRASINGS
 
 BUILD_VERSION = "1"
 
 
+@typed_section  # unknown keys are refused when pydantic validates one (`recipe_with`)
 @dataclass(frozen=True)
 class SeeingRecipe:
     """Everything that determines a seeing checkpoint (its hash names the cache entry)."""
@@ -118,6 +120,7 @@ class SeeingRecipe:
             raise ValueError(
                 f"ground_phrasings must be 1 to {len(GROUND_PHRASINGS)}, got {self.ground_phrasings}"
             )
+        check_recipe(self)
 
     def identity(self) -> dict[str, Any]:
         """The recipe as recorded in `recipe.json` and hashed into its key; without a tool stage
@@ -182,6 +185,92 @@ def tool_system_digest() -> str:
 
 TOOL_STAGE_FIELDS = ("tool_steps", "tool_lr", "tool_mix")
 
+# Bounds of the sizes a recipe may ask for: far above a tiny model, low enough that a typo (an
+# extra zero) is refused at once instead of starting a build that cannot fit in memory.
+SIZE_LIMITS = {
+    "text_hidden": 4096, "text_layers": 64, "text_heads": 128, "text_kv_heads": 128,
+    "text_intermediate": 16384, "vision_depth": 64, "vision_embed": 4096, "vision_heads": 128,
+    "vision_mlp_ratio": 16, "batch_size": 4096,
+}  # fmt: skip
+STEP_FIELDS = ("count_steps", "full_steps", "warmup_steps", "tool_steps", "polish_steps")
+MAX_STEPS = 10_000_000
+RATE_FIELDS = ("lr", "tool_lr", "polish_lr", "rope_theta", "digit_weight")
+SHARE_FIELDS = ("min_lr_ratio", "ground_curriculum", "bare_question_share")
+MIX_FIELDS = ("count_mix", "full_mix", "tool_mix", "polish_mix")
+
+
+def check_recipe(recipe: SeeingRecipe) -> None:
+    """Refuse a recipe that could not build a working model, before any build starts.
+
+    Raises:
+        ValueError: naming the first bad field, what it must be and what it was.
+    """
+    from boxgym.models.skills import SKILLS
+
+    def bad(name: str, must: str) -> ValueError:
+        return ValueError(f"{name} must be {must}, got {getattr(recipe, name)!r}")
+
+    for name, most in SIZE_LIMITS.items():
+        value = getattr(recipe, name)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+            raise bad(name, f"an integer from 1 to {most}")
+    for name in STEP_FIELDS:
+        value = getattr(recipe, name)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_STEPS:
+            raise bad(name, f"an integer from 0 to {MAX_STEPS:,}")
+    if recipe.count_steps + recipe.full_steps < 1:
+        raise ValueError("count_steps + full_steps must be at least 1: the build trains nothing")
+    for name in RATE_FIELDS:
+        value = getattr(recipe, name)
+        if not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+            raise bad(name, "a finite number above 0")
+    for name in SHARE_FIELDS:
+        value = getattr(recipe, name)
+        if not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise bad(name, "a number from 0 to 1")
+    if not (isinstance(recipe.weight_decay, (int, float)) and 0 <= recipe.weight_decay < 1):
+        raise bad("weight_decay", "a number from 0 to below 1")
+    for name, most in (("full_vocab_positions", 4096), ("sampled_negatives", 1_000_000)):
+        value = getattr(recipe, name)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
+            raise bad(name, f"an integer from 0 to {most:,}")
+    if isinstance(recipe.seed, bool) or not isinstance(recipe.seed, int) or recipe.seed < 0:
+        raise bad("seed", "an integer >= 0")
+    if recipe.text_hidden % recipe.text_heads:
+        raise ValueError(
+            f"text_heads ({recipe.text_heads}) must divide text_hidden ({recipe.text_hidden})"
+        )
+    if recipe.text_heads % recipe.text_kv_heads:
+        raise ValueError(
+            f"text_kv_heads ({recipe.text_kv_heads}) must divide text_heads ({recipe.text_heads})"
+        )
+    if recipe.vision_embed % recipe.vision_heads:
+        raise ValueError(
+            f"vision_heads ({recipe.vision_heads}) must divide vision_embed ({recipe.vision_embed})"
+        )
+    half = recipe.text_hidden // recipe.text_heads // 2
+    section = recipe.mrope_section
+    if (
+        not isinstance(section, tuple)
+        or len(section) != 3
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in section)
+        or sum(section) != half
+    ):
+        raise ValueError(
+            f"mrope_section must be 3 integers >= 0 summing to half the text head dimension "
+            f"({half} = text_hidden / text_heads / 2), got {section!r}"
+        )
+    for name in MIX_FIELDS:
+        mix = getattr(recipe, name)
+        if not mix:
+            raise bad(name, "at least one [skill, share] pair")
+        for pair in mix:
+            if not (isinstance(pair, tuple) and len(pair) == 2 and pair[0] in SKILLS):
+                raise bad(name, f"[skill, share] pairs with skills from {', '.join(SKILLS)}")
+            share = pair[1]
+            if not isinstance(share, (int, float)) or not (math.isfinite(share) and share > 0):
+                raise bad(name, "[skill, share] pairs with finite shares above 0")
+
 
 POLISH_STAGE_FIELDS = ("polish_steps", "polish_lr", "polish_mix")
 
@@ -224,26 +313,54 @@ def lr_at(recipe: SeeingRecipe, step: int) -> float:
 
 def recipe_with(overrides: list[str], recipe: Any = None) -> Any:
     """`recipe` (default: the default `SeeingRecipe`) with `key=value` overrides (values parsed
-    as JSON where they parse); any frozen recipe dataclass works."""
+    as JSON where they parse), validated as every config is: unknown keys, then pydantic's types
+    against the recipe's dataclass, then its own checks (`check_recipe` for a `SeeingRecipe`).
+    Any frozen recipe dataclass works.
+
+    Raises:
+        ConfigError: one line naming the bad key, what it must be and the closest known key.
+    """
+    import difflib
+
+    from pydantic import TypeAdapter, ValidationError
+
+    from boxgym.config import ConfigError, format_validation_error
+    from boxgym.errors import describe_value
+
     recipe = SeeingRecipe() if recipe is None else recipe
+    cls = type(recipe)
     known = asdict(recipe)
-    changes: dict[str, Any] = {}
+    data: dict[str, Any] = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if not sep or key not in known:
-            raise ValueError(f"--set {item!r}: expected key=value with key one of {sorted(known)}")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. full_steps=1000), got {item[:80]!r}")
+        if key not in known:
+            close = difflib.get_close_matches(key, list(known), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
+            raise ConfigError(f"bad recipe: unknown key {key[:80]!r}; {hint}")
         try:
             value = json.loads(raw)
         except ValueError:
             value = raw
-        if isinstance(known[key], tuple):
-            value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
-        elif isinstance(known[key], float) and isinstance(value, int):
-            value = float(value)
-        if type(value) is not type(known[key]):
-            raise ValueError(f"--set {key}: expected {type(known[key]).__name__}, got {raw!r}")
-        changes[key] = value
-    return replace(recipe, **changes)
+        if isinstance(value, bool) and not isinstance(known[key], bool):
+            raise ConfigError(f"bad recipe: {key} must be a number, got {raw[:80]!r}")
+        data[key] = _as_tuple(value) if isinstance(value, list) else value
+    section = data.get("mrope_section")
+    if "mrope_section" in data and not (isinstance(section, tuple) and len(section) == 3):
+        raise ConfigError(
+            "bad recipe: mrope_section must be 3 integers summing to half the text head "
+            f"dimension, e.g. [2,7,7]; got {describe_value(section)}; fix the --set value"
+        )
+    try:
+        return TypeAdapter(cls).validate_python({**known, **data})
+    except ValidationError as error:
+        problems = error.errors()
+        if all(p.get("type") == "value_error" and not p.get("loc") for p in problems):
+            message = str(problems[0].get("msg", "")).removeprefix("Value error, ")
+            raise ConfigError(f"bad recipe: {message}; fix the --set value") from None
+        raise ConfigError(format_validation_error(error, cls)) from None
 
 
 def _as_tuple(value: list) -> tuple:

@@ -8,44 +8,19 @@ dataclasses, and a `trainer` section that is passed through to TRL's `SFTConfig`
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from boxgym.config import ConfigError, check_trainer, typed_section, validate
+from boxgym.config import ConfigError, check_trainer, parse_yaml, typed_section, validate
 from boxgym.config import describe as describe_schema
+from boxgym.errors import describe_value
 
 # LoRA on the language model's seven projections only: the vision tower stays frozen, and vLLM
 # (which merges LoRA into its weights) never sees a vision-tower adapter it would ignore.
 LANGUAGE_MODEL_TARGETS = (
     r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 )
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML 1.2-style floats: `1e-4` is a float (plain PyYAML reads it as a string)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+][0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
-)
-
-
-def parse_yaml(text: str) -> Any:
-    """YAML text parsed safely, with `1e-4` read as a float."""
-    return yaml.load(text, Loader=_Loader)
 
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -89,7 +64,9 @@ class ModelSection:
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
-            raise ValueError(f"model.dtype must be one of {DTYPES}, got {self.dtype!r}")
+            raise ValueError(
+                f"model.dtype must be one of {DTYPES}, got {describe_value(self.dtype)}"
+            )
         for name in ("image_min_pixels", "image_max_pixels"):
             value = getattr(self, name)
             if value is not None and value < 784:
@@ -194,9 +171,13 @@ class EnvSection:
 
     def __post_init__(self) -> None:
         if self.family not in SCENE_FAMILIES:
-            raise ValueError(f"env.family must be one of {SCENE_FAMILIES}, got {self.family!r}")
+            raise ValueError(
+                f"env.family must be one of {SCENE_FAMILIES}, got {describe_value(self.family)}"
+            )
         if self.difficulty not in LEVELS:
-            raise ValueError(f"env.difficulty must be one of {LEVELS}, got {self.difficulty!r}")
+            raise ValueError(
+                f"env.difficulty must be one of {LEVELS}, got {describe_value(self.difficulty)}"
+            )
         import dataclasses
         import difflib
 
@@ -489,14 +470,16 @@ class GRPORunConfig:
     def __post_init__(self) -> None:
         _check_trainer(self.trainer)
         if self.budget_check not in ("error", "warn", "off"):
-            raise ValueError(f"budget_check must be error, warn or off, got {self.budget_check!r}")
+            raise ValueError(
+                f"budget_check must be error, warn or off, got {describe_value(self.budget_check)}"
+            )
         # Under image_history last (the env's default) the trainer plays the turns itself and
         # trains one row per turn (boxgym.train.turn_grpo): rows then vary in number, so each
         # step generates and trains on its own rows at once, on the policy that generated them.
         if self.env.env_kwargs.get("image_history", "last") == "last":
             trainer = self.trainer
             problems = [
-                f"{key}: {trainer[key]!r} (needs {want!r})"
+                f"{key}: {describe_value(trainer[key])} (needs {want!r})"
                 for key, want in (
                     ("gradient_accumulation_steps", 1),
                     ("steps_per_generation", 1),
@@ -541,19 +524,22 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     for item in overrides:
         if "=" not in item:
             raise ValueError(
-                f"override {item!r} must look like key=value (e.g. trainer.max_steps=5)"
+                f"override {item[:80]!r} must look like key=value (e.g. trainer.max_steps=5)"
             )
         path, raw = item.split("=", 1)
         keys = [k for k in path.strip().split(".") if k]
         if not keys:
-            raise ValueError(f"override {item!r} has an empty key")
+            raise ValueError(f"override {item[:80]!r} has an empty key")
         node = data
         for key in keys[:-1]:
             child = node.setdefault(key, {})
             if not isinstance(child, dict):
-                raise ValueError(f"override {item!r}: {key!r} is not a section")
+                raise ValueError(f"override {path.strip()!r}: {key!r} is not a section")
             node = child
-        node[keys[-1]] = parse_yaml(raw) if raw.strip() else None
+        try:
+            node[keys[-1]] = parse_yaml(raw) if raw.strip() else None
+        except ConfigError as error:
+            raise ConfigError(f"--set {path.strip()}: {error}") from None
     return data
 
 
@@ -569,9 +555,16 @@ def load_config(cls: type, path: str | Path | None, overrides: list[str] | None 
     data: dict[str, Any] = {}
     if path is not None:
         file = Path(path)
+        if file.is_dir():
+            raise ConfigError(
+                f"config {str(file)!r} is a folder; give a YAML file (configs/*.yaml)"
+            )
         if not file.is_file():
             raise ConfigError(f"config file {str(file)!r} does not exist; check the path")
-        loaded = parse_yaml(file.read_text(encoding="utf-8")) or {}
+        try:
+            loaded = parse_yaml(file.read_text(encoding="utf-8")) or {}
+        except ConfigError as error:
+            raise ConfigError(f"config file {str(file)!r}: {error}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {str(file)!r} must hold a mapping at the top level")
         data = loaded
