@@ -36,7 +36,7 @@ VERBS: dict[str, tuple[str, str]] = {
         "boxgym.policies.playground",
         "Run one free-form prompt through a model; log it.",
     ),
-    "data": ("boxgym.data.gallery", "Browse dataset tasks: gallery, inspect, bookmarks."),
+    "data": ("boxgym.data.commands", "Browse dataset tasks: gallery, inspect, bookmarks."),
     "train": ("boxgym.train.commands", "Train LoRA adapters: `train sft` and `train grpo`."),
     "study": (
         "boxgym.studies.commands",
