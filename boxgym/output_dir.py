@@ -135,17 +135,43 @@ def delete_listed(out: Path, files: Iterable[str]) -> None:
             folder.rmdir()  # only when empty: a file boxgym did not write keeps its folder
 
 
+def check_folder(out: Path, verb: str, *, overwrite: bool, accumulate: bool = False) -> None:
+    """Refuse an `--out` that `claim_folder` would refuse, without making anything (call it
+    before slow work, such as reading the tasks, so the refusal comes first)."""
+    check_out_path(out)
+    present = entries(out)
+    if not present:
+        return
+    earlier = Manifest.read(out)
+    if earlier is None or earlier.verb != verb:
+        what = f"a `{earlier.verb}` output" if earlier else "files boxgym did not write"
+        raise UserError(
+            f"{out} holds {what} ({listing(present)}); `{verb}` writes only into a new or "
+            "empty folder or over its own earlier output, and deletes nothing else: choose "
+            "another --out"
+        )
+    if not (overwrite or accumulate):
+        raise UserError(
+            f"{out} holds an earlier `{verb}` output ({listing(present)}); pass --overwrite "
+            "to replace it (only the files it wrote are deleted), or choose another --out"
+        )
+
+
 @contextmanager
-def claim_folder(out: Path, verb: str, *, overwrite: bool) -> Iterator[OutputFolder]:
+def claim_folder(
+    out: Path, verb: str, *, overwrite: bool, accumulate: bool = False
+) -> Iterator[OutputFolder]:
     """Hold `out` for one output of `verb` (see the module docstring) for the `with` block.
 
-    Validate everything the verb can before calling this: the folder is made here.
+    Validate everything the verb can before calling this: the folder is made here. With
+    `accumulate` (a verb whose outputs add up, as `data inspect` exporting one task after
+    another), a folder holding earlier outputs of the verb is added to, its files kept.
 
     Raises:
         UserError: `out` is a file; another command is writing it; it holds something that is
             not an earlier output of `verb`, or one without `--overwrite`.
     """
-    check_out_path(out)
+    check_folder(out, verb, overwrite=overwrite, accumulate=accumulate)  # before making anything
     out.mkdir(parents=True, exist_ok=True)
     lock = RunLock(out, file=LOCK)
     try:
@@ -156,20 +182,14 @@ def claim_folder(out: Path, verb: str, *, overwrite: bool) -> Iterator[OutputFol
             "it to finish, or choose another --out"
         ) from error
     try:
+        check_folder(out, verb, overwrite=overwrite, accumulate=accumulate)  # under the lock
         present = entries(out)
         earlier = Manifest.read(out)
-        if present and (earlier is None or earlier.verb != verb):
-            what = f"a `{earlier.verb}` output" if earlier else "files boxgym did not write"
-            raise UserError(
-                f"{out} holds {what} ({listing(present)}); `{verb}` writes only into a new or "
-                "empty folder or over its own earlier output, and deletes nothing else: choose "
-                "another --out"
-            )
-        if present and not overwrite:
-            raise UserError(
-                f"{out} holds an earlier `{verb}` output ({listing(present)}); pass --overwrite "
-                "to replace it (only the files it wrote are deleted), or choose another --out"
-            )
+        if present and accumulate and not overwrite:
+            folder = OutputFolder(out, verb)
+            folder.manifest.files = list(earlier.files) if earlier else []
+            yield folder
+            return
         if present and earlier is not None:
             delete_listed(out, earlier.files)
             left = entries(out)

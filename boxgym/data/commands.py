@@ -29,12 +29,16 @@ from boxgym.data.gallery import (
     _scene_families,
     export_task,
     find_dataset_tasks,
+    gallery_files,
     safe_name,
     sample_dataset_tasks,
     scene_task,
     write_gallery,
 )
 from boxgym.data.task import Task
+from boxgym.output_dir import check_folder, claim_folder
+
+MAX_GALLERY = 10_000  # tasks one gallery page shows at most
 
 
 def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
@@ -67,11 +71,16 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
     source(g, required_dataset=False)
     add_tasks_arguments(g)
     g.add_argument("--n", type=int, default=8, help="number of tasks (default 8)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the random draw (default 0)")
+    g.add_argument("--seed", type=int, default=None, help="seed of the random draw (default 0)")
     g.add_argument("--scan", type=int, default=DEFAULT_SCAN, help="draw from the first N rows")
     g.add_argument("--bookmarks", action="store_true", help="show the next bookmarked ids")
     g.add_argument("--id", action="append", dest="ids", help="show this task id (repeatable)")
     g.add_argument("--out", required=True, help="output directory")
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier gallery in --out (only the files it wrote are deleted)",
+    )
     bookmarks_file(g)
 
     i = sub.add_parser(
@@ -149,14 +158,29 @@ def run(args: argparse.Namespace) -> int:
 def _gallery(args: argparse.Namespace) -> int:
     from boxgym.data.loaders.user_tasks import load_tasks_argument
 
-    if args.n < 1:
-        raise DataCommandError("--n must be at least 1")
+    if not 1 <= args.n <= MAX_GALLERY:
+        raise DataCommandError(f"--n must be between 1 and {MAX_GALLERY:,}, got {args.n}")
+    if args.scan is not None and args.scan < 1:
+        raise DataCommandError(f"--scan must be at least 1, got {args.scan}")
     out = Path(args.out)
+    check_folder(out, "data gallery", overwrite=args.overwrite)  # before any task is read
     if args.tasks:
+        given = [
+            flag
+            for flag, value in (
+                ("--dataset", args.dataset), ("--id", args.ids), ("--bookmarks", args.bookmarks),
+                ("--seed", args.seed is not None), ("--scan", args.scan is not None),
+            )
+            if value
+        ]  # fmt: skip
+        if given:
+            raise DataCommandError(
+                f"--tasks shows your tasks in their order; {', '.join(given)} pick(s) rows of a "
+                "dataset and would be ignored: leave them out (--n says how many tasks)"
+            )
         tasks = load_tasks_argument(args, limit=args.n)
-        page = write_gallery(tasks, out, f"{args.tasks}: {len(tasks)} tasks")
-        print(f"wrote {len(tasks)} tasks to {page}")
-        return 0
+        return _write(args, list(tasks), f"{args.tasks}: {len(tasks)} tasks")
+    args.seed = 0 if args.seed is None else args.seed
     if not args.dataset:
         raise DataCommandError("give --dataset NAME or --tasks PATH")
     if args.bookmarks or args.ids:
@@ -182,7 +206,14 @@ def _gallery(args: argparse.Namespace) -> int:
             print(f"skipped drawn rows: {dict(reasons)}", file=sys.stderr)
     if not tasks:
         raise DataCommandError(f"no usable tasks found in {args.dataset}")
-    page = write_gallery(tasks, out, title)
+    return _write(args, tasks, title)
+
+
+def _write(args: argparse.Namespace, tasks: list[Task], title: str) -> int:
+    """The gallery into --out, claimed for it (`boxgym.output_dir`)."""
+    with claim_folder(Path(args.out), "data gallery", overwrite=args.overwrite) as folder:
+        folder.add(gallery_files(tasks))  # listed before written: --overwrite deletes these
+        page = write_gallery(tasks, Path(args.out), title)
     print(f"wrote {len(tasks)} tasks to {page}")
     return 0
 
@@ -201,8 +232,15 @@ def _inspect(args: argparse.Namespace) -> int:
     print(json.dumps(truth, indent=2, default=str))
     if args.out:
         out = Path(args.out)
-        export_task(task, out)
-        (out / f"{safe_name(task.id)}.json").write_text(json.dumps(truth, indent=2, default=str))
+        stem = safe_name(task.id)
+        files = [f"{stem}.json"]
+        files += [
+            f"images/{stem}_{i}{end}.png" for i in range(len(task.images)) for end in ("", "_gt")
+        ]
+        with claim_folder(out, "data inspect", overwrite=False, accumulate=True) as folder:
+            folder.add(files)
+            export_task(task, out, stem)
+            (out / f"{stem}.json").write_text(json.dumps(truth, indent=2, default=str))
         print(f"wrote images and ground truth to {out}", file=sys.stderr)
     return 0
 

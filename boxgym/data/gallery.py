@@ -17,6 +17,7 @@ cycling, so repeated calls walk through them all.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import html
 import json
 import os
@@ -280,15 +281,43 @@ def draw_task(task: Task) -> list[Image.Image]:
 
 
 def safe_name(task_id: str) -> str:
-    return _SAFE.sub("_", task_id)[:120] or "task"
+    """A file name stem for a task id: the id where it is safe, else its safe characters and a
+    short hash of the id, so ids that differ only in unsafe characters (`a<b`, `a>b`) differ."""
+    safe = _SAFE.sub("_", task_id)[:120] or "task"
+    if safe == task_id:
+        return safe
+    return f"{safe[:111]}-{hashlib.sha1(task_id.encode()).hexdigest()[:8]}"
 
 
-def export_task(task: Task, out: Path) -> list[str]:
-    """Writes the task's original and drawn images under out/images; returns relative paths of
-    the drawn ones."""
+def file_stems(tasks: list[Task]) -> list[str]:
+    """One distinct file name stem per task (`safe_name`; `-2`, `-3`, ... where two would still
+    meet, compared without case as some file systems do)."""
+    stems, taken = [], set()
+    for task in tasks:
+        stem, number = safe_name(task.id), 1
+        while (stem if number == 1 else f"{stem}-{number}").lower() in taken:
+            number += 1
+        stem = stem if number == 1 else f"{stem}-{number}"
+        taken.add(stem.lower())
+        stems.append(stem)
+    return stems
+
+
+def gallery_files(tasks: list[Task]) -> list[str]:
+    """Every file `write_gallery` writes for `tasks`, relative to its folder."""
+    files = ["tasks.jsonl", "index.html"]
+    for task, stem in zip(tasks, file_stems(tasks)):
+        for i in range(len(task.images)):
+            files += [f"images/{stem}_{i}.png", f"images/{stem}_{i}_gt.png"]
+    return files
+
+
+def export_task(task: Task, out: Path, stem: str | None = None) -> list[str]:
+    """Writes the task's original and drawn images under out/images (named by `stem`, default
+    `safe_name(task.id)`); returns relative paths of the drawn ones."""
     images_dir = out / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
-    stem = safe_name(task.id)
+    stem = stem or safe_name(task.id)
     drawn_paths = []
     for i, (original, drawn) in enumerate(zip(task.images, draw_task(task))):
         original.save(images_dir / f"{stem}_{i}.png")
@@ -298,15 +327,16 @@ def export_task(task: Task, out: Path) -> list[str]:
 
 
 def write_gallery(tasks: list[Task], out: Path, title: str) -> Path:
-    """Images, tasks.jsonl and index.html for `tasks` under `out`; returns the html path."""
+    """Images, tasks.jsonl and index.html for `tasks` under `out` (the files `gallery_files`
+    names); returns the html path."""
     out.mkdir(parents=True, exist_ok=True)
     cards = []
     with (out / "tasks.jsonl").open("w") as fh:
-        for task in tasks:
+        for task, stem in zip(tasks, file_stems(tasks)):
             fh.write(json.dumps(task.ground_truth(), default=str) + "\n")
             images = "".join(
                 f'<img src="{html.escape(p)}" alt="{html.escape(task.id)}">'
-                for p in export_task(task, out)
+                for p in export_task(task, out, stem)
             )
             cards.append(
                 f'<div class="card"><div class="imgs">{images}</div>'

@@ -24,6 +24,7 @@ from boxgym.tools.canvas import PALETTE
 BOX_COLOURS: tuple[tuple[int, int, int], ...] = PALETTE[:12]
 DISTRACTOR_COLOUR = (150, 150, 150)
 FAMILY_CHOICES = ("screens", "shapes", "clutter", "all")
+MAX_SCENES = 100_000  # per family: a bound on what one command writes
 DENSE = 20  # above this many objects, tags show only the number (labels are in tasks.jsonl)
 
 
@@ -150,6 +151,11 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
         help="override one knob of the preset (repeatable)",
     )
     parser.add_argument("--out", type=Path, required=True, help="output directory (created)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier `scenes` output in --out (only the files it wrote are deleted)",
+    )
 
 
 def parse_knobs(pairs: list[str]) -> dict[str, Any]:
@@ -218,10 +224,11 @@ def run(args: argparse.Namespace) -> int:
     """Writes images, overlays, tasks.jsonl and index.html for the requested scenes."""
     import sys
 
-    from boxgym.data.scenes import SCENE_FAMILIES, make_scene_task, resolve_knobs
+    from boxgym.data.scenes import SCENE_FAMILIES, resolve_knobs, scene_task_id
+    from boxgym.output_dir import claim_folder
 
-    if args.n < 1:
-        print("error: --n must be at least 1", file=sys.stderr)
+    if not 1 <= args.n <= MAX_SCENES:
+        print(f"error: --n must be between 1 and {MAX_SCENES:,}, got {args.n}", file=sys.stderr)
         return 2
     if args.seed < 0:
         print("error: --seed must be non-negative", file=sys.stderr)
@@ -243,6 +250,28 @@ def run(args: argparse.Namespace) -> int:
         skipped = sorted(set(knobs) - set(knobs_of[family]))
         if skipped:
             print(f"note: knob(s) {skipped} do not apply to {family}; skipped", file=sys.stderr)
+    seeds = range(args.seed, args.seed + args.n)
+    ids = [
+        scene_task_id(f, seed, args.difficulty, **knobs_of[f]) for f in families for seed in seeds
+    ]
+    planned = ["tasks.jsonl", "index.html"]
+    planned += [f"{folder}/{task_id}.png" for task_id in ids for folder in ("images", "overlays")]
+    with claim_folder(args.out, "scenes", overwrite=args.overwrite) as folder:
+        folder.add(planned)  # listed before written: --overwrite deletes exactly these
+        rows = _write_scenes(args, families, knobs_of)
+        seen = f"seeds {args.seed}..{args.seed + args.n - 1}"
+        title = f"boxgym scenes: {', '.join(families)} ({args.difficulty}, {seen})"
+        (args.out / "index.html").write_text(_index_html(rows, title), encoding="utf-8")
+    print(f"wrote {len(rows)} scenes to {args.out} (open {args.out / 'index.html'})")
+    return 0
+
+
+def _write_scenes(
+    args: argparse.Namespace, families: list[str], knobs_of: dict[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Each scene's image, overlay and ground-truth line; the page's rows."""
+    from boxgym.data.scenes import make_scene_task
+
     out: Path = args.out
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
@@ -250,11 +279,7 @@ def run(args: argparse.Namespace) -> int:
     with open(out / "tasks.jsonl", "w", encoding="utf-8") as jsonl:
         for family in families:
             for seed in range(args.seed, args.seed + args.n):
-                try:
-                    task = make_scene_task(family, seed, args.difficulty, **knobs_of[family])
-                except ValueError as exc:
-                    print(f"error: {exc}", file=sys.stderr)
-                    return 2
+                task = make_scene_task(family, seed, args.difficulty, **knobs_of[family])
                 image_path = f"images/{task.id}.png"
                 overlay_path = f"overlays/{task.id}.png"
                 task.images[0].save(out / image_path, compress_level=1)  # fast, lossless
@@ -269,7 +294,4 @@ def run(args: argparse.Namespace) -> int:
                         "answer": task.answer,
                     }
                 )
-    title = f"boxgym scenes: {', '.join(families)} ({args.difficulty}, seeds {args.seed}..{args.seed + args.n - 1})"
-    (out / "index.html").write_text(_index_html(rows, title), encoding="utf-8")
-    print(f"wrote {len(rows)} scenes to {out} (open {out / 'index.html'})")
-    return 0
+    return rows

@@ -198,3 +198,20 @@ def test_gallery_by_ids_reports_missing_ones(nlvr2_copy, tmp_path, capsys):
     shown = [json.loads(line)["id"] for line in (out / "tasks.jsonl").read_text().splitlines()]
     assert shown == ["dev-101-0-0", "dev-100-0-1"]
     assert "not found: dev-7-7-7" in capsys.readouterr().err
+
+
+def test_cache_overwrite_deletes_only_the_cache(nlvr2_copy, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("mine")
+    argv = ["data", "cache", "--dataset", "nlvr2", "--path", str(nlvr2_copy), "--split", "train"]
+    assert cli.main([*argv, "--limit", "2", "--out", str(mine), "--overwrite"]) == 2
+    assert "holds no cache made by `boxgym data cache`" in capsys.readouterr().err
+    assert [p.name for p in mine.iterdir()] == ["thesis.tex"]
+    out = tmp_path / "cached"
+    assert cli.main([*argv, "--limit", "2", "--out", str(out)]) == 0
+    (out / "train" / "notes.txt").write_text("mine")
+    assert cli.main([*argv, "--limit", "3", "--out", str(out), "--overwrite"]) == 0
+    assert (out / "train" / "notes.txt").read_text() == "mine"
+    assert cli.main(["data", "verify", "--path", str(out)]) == 0
+    assert "{'train': 3}" in capsys.readouterr().out

@@ -80,5 +80,5 @@ def test_lazy_tasks_decode_on_access_skip_the_same_rows_and_name_a_removed_photo
     assert len(load_user_tasks(tmp_path, lazy=True, limit=2).tasks) == 2
     fresh = load_user_tasks(tmp_path, lazy=True)
     (tmp_path / "c.png").unlink()  # after the load: the episode that needs it names it
-    with pytest.raises(DatasetSourceError, match="task c could not be read again"):
+    with pytest.raises(DatasetSourceError, match="task c could not be read"):
         fresh.tasks[2]
