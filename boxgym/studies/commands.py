@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
-import sys
-import traceback
+from pathlib import Path
 
+from boxgym.errors import UserError, explain
+from boxgym.output_dir import LOCK, MANIFEST, claim_folder, entries
 from boxgym.studies import STUDIES, load_study
 from boxgym.studies.base import SETTING_FLAGS, setting_name
 
@@ -39,7 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
     parser.add_argument(
         "--batch-size", type=int, default=16, help="Images per forward pass or decoding batch."
     )
-    parser.add_argument("--debug", action="store_true", help="Show tracebacks on errors.")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="Replace an earlier run of a study in --out (only the files it wrote are deleted).",
+    )
     for flag, (kind, text) in SETTING_FLAGS.items():
         dest = f"flag_{setting_name(flag)}"
         help_text = f"{text}; the same as --set {setting_name(flag)}=... (studies with it)"
@@ -94,57 +100,75 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """List the studies, or run one into --out.
+
+    Everything that can be checked before measuring is checked before --out is made; --out is
+    then held (`boxgym.output_dir`): a folder holding anything but an earlier study is refused,
+    an earlier study is replaced only with --overwrite, and a study that fails before writing
+    its files removes the folder it made. `--debug` (handled by `boxgym.cli`) shows the
+    traceback of a failure.
+    """
     if args.list:
         print(list_studies())
         return 0
     if not args.name:
-        print(
-            "error: name a study (boxgym study NAME --out DIR); `boxgym study --list` lists them",
-            file=sys.stderr,
+        raise UserError(
+            "name a study (boxgym study NAME --out DIR); `boxgym study --list` lists them"
         )
-        return 2
     if not args.out:
-        print(f"error: --out DIR is required (where {args.name}'s files go)", file=sys.stderr)
-        return 2
-    if args.batch_size < 1:
-        print(f"error: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
-        return 2
-    try:
-        from boxgym.studies.base import resolve_settings
-        from boxgym.studies.lab import Lab
-        from boxgym.studies.runner import run_study
+        raise UserError(f"--out DIR is required (where {args.name}'s files go)")
+    if not 1 <= args.batch_size <= 4096:
+        raise UserError(f"--batch-size must be between 1 and 4096, got {args.batch_size}")
+    from boxgym.studies.base import resolve_settings
+    from boxgym.studies.lab import Lab
+    from boxgym.studies.runner import OUTPUT_FILES, run_study
 
+    try:
         study = load_study(args.name)
         flags = flag_values(args)
         settings = resolve_settings(study, args.quick, args.overrides, flags)  # fail before loading
-        lab = Lab(
-            model=args.model,
-            adapter=args.adapter,
-            device=args.device,
-            dtype=args.dtype,
-            batch_size=args.batch_size,
-            max_new_tokens=int(settings.get("max_new_tokens", 32)),
-        )
-        command = command_line(args)
-        result = run_study(
-            study,
-            lab,
-            args.out,
-            quick=args.quick,
-            overrides=args.overrides,
-            flags=flags,
-            command=command,
-        )
-    except (ValueError, OSError, ImportError, RuntimeError) as error:
-        if args.debug:
-            traceback.print_exc()
-        print(f"error: study {args.name}: {error}", file=sys.stderr)
-        return 2
-    print(
-        f"{args.name}: {len(result['rows'])} conditions in {result['seconds']:.0f} s -> {args.out}"
-    )
+    except (ValueError, LookupError) as error:
+        raise UserError(f"study {args.name}: {explain(error)}") from error
+    out = Path(args.out)
+    made = not out.exists()
+    with claim_folder(out, "study", overwrite=args.overwrite) as folder:
+        folder.add([*OUTPUT_FILES, "examples.jsonl"])
+        try:
+            lab = Lab(
+                model=args.model,
+                adapter=args.adapter,
+                device=args.device,
+                dtype=args.dtype,
+                batch_size=args.batch_size,
+                max_new_tokens=int(settings.get("max_new_tokens", 32)),
+            )
+            command = command_line(args)
+            result = run_study(
+                study,
+                lab,
+                out,
+                quick=args.quick,
+                overrides=args.overrides,
+                flags=flags,
+                command=command,
+            )
+        except Exception as error:
+            if made:
+                _remove_if_unused(out)
+            raise UserError(f"study {args.name}: {explain(error)}") from error
+    print(f"{args.name}: {len(result['rows'])} conditions in {result['seconds']:.0f} s -> {out}")
     if result.get("notes"):
         print(result["notes"])
     for name in ("results.csv", "plot.png", "report.md", "results.json"):
-        print(f"  {args.out}/{name}")
+        print(f"  {out}/{name}")
     return 0
+
+
+def _remove_if_unused(out: Path) -> None:
+    """Remove the folder this command made when nothing but its bookkeeping is in it."""
+    if entries(out):
+        return
+    for name in (MANIFEST, LOCK):
+        (out / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        out.rmdir()
