@@ -65,6 +65,11 @@ def load_images(paths: list[str]) -> list[tuple[Path, str, Image.Image]]:
         try:
             with Image.open(path) as image:
                 rgb = image.convert("RGB")
+        except Image.DecompressionBombError as error:
+            raise ValueError(
+                f"{path} is too large to open safely ({error}); shrink it first, e.g. to 4096 "
+                "pixels on the long side"
+            ) from error
         except (UnidentifiedImageError, OSError) as error:
             raise ValueError(f"{path} is not a readable image: {error}") from error
         loaded.append((path, hashlib.sha256(data).hexdigest(), rgb))
@@ -94,7 +99,9 @@ def run_tool_loop(args: argparse.Namespace, policy: Any, images: list[Any]) -> i
     from boxgym.data.task import Task, unusable_reason
     from boxgym.env import BoxGymEnv, EnvConfig
     from boxgym.errors import UserError
+    from boxgym.output_dir import check_out_path, entries
     from boxgym.rollouts.metrics import summarize
+    from boxgym.rollouts.run_dir import hold_run, prepare_run_dir
     from boxgym.rollouts.runner import run_rollouts
     from boxgym.rollouts.store import EpisodeStore, read_episodes
     from boxgym.rollouts.viewer import write_index
@@ -110,14 +117,19 @@ def run_tool_loop(args: argparse.Namespace, policy: Any, images: list[Any]) -> i
         raise UserError(f"the env cannot use this image or count: {reason}")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or Path("runs") / "playground" / f"{path.stem}-{stamp}")
-    if out.exists() and any(out.iterdir()):
+    check_out_path(out)
+    if entries(out):
         raise UserError(f"{out} is not empty; choose another --out")
     config = EnvConfig(max_turns=args.max_turns)
-    with EpisodeStore(out) as store:
-        run_rollouts([task], policy, lambda: BoxGymEnv(config=config), store, seed=args.seed,
-                     run_info={"policy": "hf", "run": out.name})  # fmt: skip
-    episodes = read_episodes(out).episodes
-    page = write_index(out, episodes, summarize(episodes, seed=args.seed), title=args.prompt)
+    run = {"policy": "hf", "playground": True, "n_tasks": 1, "group_size": 1,
+           "seed": args.seed, "prompt": args.prompt, "image": str(path)}  # fmt: skip
+    with hold_run(out, None):  # one run per folder, as every run verb
+        prepare_run_dir(out, run, resume=False, overwrite=False)
+        with EpisodeStore(out) as store:
+            run_rollouts([task], policy, lambda: BoxGymEnv(config=config), store, seed=args.seed,
+                         run_info={"policy": "hf", "run": out.name})  # fmt: skip
+        episodes = read_episodes(out).episodes
+        page = write_index(out, episodes, summarize(episodes, seed=args.seed), title=args.prompt)
     record = episodes[-1]
     print(f"answer: {record.get('final_answer')}  failure: {record.get('failure')}  "
           f"reward: {record.get('reward')}  turns: {len(record.get('turns', []))}")  # fmt: skip
