@@ -36,6 +36,7 @@ from boxgym.data.gallery import (
     write_gallery,
 )
 from boxgym.data.task import Task
+from boxgym.errors import UserError
 from boxgym.output_dir import check_folder, claim_folder
 
 MAX_GALLERY = 10_000  # tasks one gallery page shows at most
@@ -137,7 +138,7 @@ def _open_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Runs one `data` subcommand; user errors print a message and return 2."""
+    """Runs one `data` subcommand; a user error is one line and exit 2."""
     from boxgym.data.loaders.common import DatasetSourceError
     from boxgym.data.loaders.manifest import ManifestError
 
@@ -151,8 +152,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         return handlers[args.data_command](args)
     except (DataCommandError, DatasetSourceError, ManifestError) as exc:
-        print(f"boxgym data {args.data_command}: {exc}", file=sys.stderr)
-        return 2
+        # one line through `boxgym.cli` (exit 2), which shows the traceback with --debug
+        raise UserError(f"boxgym data {args.data_command}: {exc}") from exc
 
 
 def _gallery(args: argparse.Namespace) -> int:

@@ -6,8 +6,11 @@ Light at import: TRL, transformers and torch load inside `run`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 _DESCRIPTIONS = {
@@ -111,10 +114,40 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(dataclasses.asdict(config), indent=2, default=str))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if command == "sft":
-        from boxgym.train.sft import run_sft as train
-    else:
-        from boxgym.train.grpo import run_grpo as train
-    adapter = train(config)
+    with hold_output_dir(Path(config.trainer["output_dir"])):  # before the slow imports
+        if command == "sft":
+            from boxgym.train.sft import run_sft as train
+        else:
+            from boxgym.train.grpo import run_grpo as train
+        adapter = train(config)
     print(f"adapter: {adapter}")
     return 0
+
+
+@contextlib.contextmanager
+def hold_output_dir(out: Path) -> Iterator[None]:
+    """Hold `trainer.output_dir` for one training: a path that is a file is refused, and so is
+    a second training (or another boxgym command) writing the same folder. Of the processes of
+    one distributed training, the main one (rank 0) holds it."""
+    from boxgym.errors import UserError
+    from boxgym.locks import RunLock, RunLockedError
+    from boxgym.output_dir import LOCK, check_out_path
+
+    check_out_path(out, "trainer.output_dir")
+    if int(os.environ.get("RANK", "0") or 0) != 0:  # `accelerate launch`: the main process holds it
+        yield
+        return
+    lock = RunLock(out, file=LOCK)
+    try:
+        lock.acquire()
+    except RunLockedError as error:
+        raise UserError(
+            f"another boxgym command is writing to {out} (process id in {lock.path}); wait for "
+            "it to finish, or give this training another output folder (--output-dir)"
+        ) from error
+    try:
+        if lock.took_over:
+            print(lock.took_over, file=sys.stderr)
+        yield
+    finally:
+        lock.release()
