@@ -39,7 +39,9 @@ def test_a_busy_or_file_output_folder_is_refused(tmp_path) -> None:
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert lines[-1].startswith("error: another boxgym command is writing to"), lines[-1]
     (tmp_path / "file").write_text("mine")
-    with pytest.raises(UserError, match="trainer.output_dir .* is a file"):
-        with hold_output_dir(tmp_path / "file"):
-            pass
+    with (
+        pytest.raises(UserError, match=r"trainer\.output_dir .* is a file"),
+        hold_output_dir(tmp_path / "file"),
+    ):
+        pass
     assert (tmp_path / "file").read_text() == "mine"
