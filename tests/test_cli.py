@@ -305,8 +305,8 @@ def test_corrupt_run_json_on_resume(tmp_path):
 
 BAD_ARGUMENTS = [
         (["episodes", "--scene", "planets", "--out", "{out}"], "unknown scene family"),
-        (["episodes", "--n", "0", "--out", "{out}"], "--n must be >= 1"),
-        (["episodes", "--group-size", "0", "--out", "{out}"], "--group-size must be >= 1"),
+        (["episodes", "--n", "0", "--out", "{out}"], "--n must be between 1 and"),
+        (["episodes", "--group-size", "0", "--out", "{out}"], "--group-size must be between 1 and"),
         (["episodes", "--n", "1", "--max-turns", "0", "--out", "{out}"], "max_turns"),
         (["episodes", "--resume", "--overwrite", "--out", "{out}"], "contradict"),
         (["view", "{out}"], "no episodes.jsonl"),
