@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from boxgym.errors import UserError
 from boxgym.models import cache, commands
 from boxgym.models import tiny as tiny_model
 
@@ -102,7 +103,6 @@ def test_verb_refuses_a_foreign_directory(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("mine")
     parser = argparse.ArgumentParser()
     commands.add_arguments(parser, "tiny-model")
-    code = commands.run(parser.parse_args(["--out", str(tmp_path)]))
-    assert code == 2
-    assert "not a tiny-model checkpoint" in capsys.readouterr().out
+    with pytest.raises(UserError, match="holds no tiny-model checkpoint"):  # one line, exit 2
+        commands.run(parser.parse_args(["--out", str(tmp_path)]))
     assert (tmp_path / "notes.txt").read_text() == "mine"
