@@ -63,7 +63,7 @@ from boxgym.data.task import Task
 from boxgym.env.parsing import valid_unicode
 from boxgym.errors import explain
 from boxgym.rollouts.episode import EpisodeRecorder, task_error_record
-from boxgym.rollouts.parent_death import die_with_parent
+from boxgym.rollouts.parent_death import die_with_parent, signals_held
 from boxgym.rollouts.store import EpisodeStore
 from boxgym.tools.recipes import RECIPE_KEY, DeferredImage, image_recipe, render_recipe
 
@@ -276,28 +276,33 @@ class ProcessEnvHost:
         # live episode -> its task images and, per image, the views cache of `render_recipe`
         self._sources: dict[Key, list[tuple[Any, dict[Any, Any]]]] = {}
         try:
-            for index in range(workers):
-                parent_end, child_end = context.Pipe()
-                process = context.Process(
-                    target=_serve,
-                    args=(
-                        child_end,
-                        [*self._conns, parent_end],
-                        tasks,
-                        make_env,
-                        layout,
-                        os.getpid(),
-                    ),
-                    name=f"boxgym-env-{index}",
-                    daemon=True,
-                )
-                process.start()
-                child_end.close()  # the worker's end lives in the worker only: EOF when it dies
-                self._conns.append(parent_end)
-                self._processes.append(process)
+            with signals_held():  # a Ctrl-C arrives after the forks, not inside them
+                self._start_workers(workers, context, tasks, make_env, layout)
         except BaseException:
             self.close()
             raise
+
+    def _start_workers(
+        self,
+        workers: int,
+        context: Any,
+        tasks: Sequence[Task],
+        make_env: Callable[[], Any],
+        layout: tuple[str, str | None, str, str],
+    ) -> None:
+        """Fork the workers, each with a pipe whose other end only this process holds."""
+        for index in range(workers):
+            parent_end, child_end = context.Pipe()
+            process = context.Process(
+                target=_serve,
+                args=(child_end, [*self._conns, parent_end], tasks, make_env, layout, os.getpid()),
+                name=f"boxgym-env-{index}",
+                daemon=True,
+            )
+            process.start()
+            child_end.close()  # the worker's end lives in the worker only: EOF when it dies
+            self._conns.append(parent_end)
+            self._processes.append(process)
 
     @property
     def workers(self) -> int:

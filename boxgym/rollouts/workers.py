@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from boxgym.data.task import Task
-from boxgym.rollouts.parent_death import die_with_parent
+from boxgym.rollouts.parent_death import die_with_parent, signals_held
 from boxgym.rollouts.runner import RunStats, _progress_bar, pending_keys, run_rollouts
 from boxgym.rollouts.store import EpisodeStore, encode_line
 
@@ -50,9 +50,9 @@ def _start_worker(
     options: dict[str, Any],
     parent: int,
 ) -> None:
-    die_with_parent(parent)  # a killed run leaves no worker behind (boxgym.rollouts.parent_death)
     # Ctrl-C reaches the whole process group: the parent handles it and shuts the pool down.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(parent)  # a killed run leaves no worker behind (boxgym.rollouts.parent_death)
     # One encoding thread, as the single-process runner has: with a core to spare, one process
     # runs 1.17x faster with it (1,000 oracle episodes: 6.1 wall-s against 7.1 inline), so
     # workers that encoded inline could reach at most 2 / 1.17 = 1.7x one process on a node
@@ -182,10 +182,11 @@ def run_in_workers(
     try:
         queue = iter(chunks)
         running: set[Future] = set()
-        for part in queue:  # two chunks per worker in flight keep every worker busy
-            running.add(pool.submit(_run_chunk, part))
-            if len(running) >= 2 * workers:
-                break
+        with signals_held():  # the first submit forks the workers
+            for part in queue:  # two chunks per worker in flight keep every worker busy
+                running.add(pool.submit(_run_chunk, part))
+                if len(running) >= 2 * workers:
+                    break
         while running:
             finished, running = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 REPO = Path(__file__).resolve().parents[2]
@@ -139,6 +139,9 @@ def uninterrupted(tmp_path_factory) -> dict[tuple[str, int], dict]:
         max_size=3,
     )
 )
+@example(
+    stops=[("int", 0)]
+)  # Ctrl-C as the workers are forked (it once hit logging's at-fork lock)
 def test_any_stops_then_resume_store_the_uninterrupted_episodes(
     tmp_path_factory, uninterrupted, stops
 ) -> None:
