@@ -54,6 +54,7 @@ def run(*args: object) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_bomb_or_a_folder_as_config_is_one_line(tmp_path) -> None:
     (tmp_path / "bomb.yaml").write_text(f"decoding:\n  temperature: {BOMB}\n")
     cases = [

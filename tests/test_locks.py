@@ -15,6 +15,7 @@ import pytest
 from boxgym import locks
 from boxgym.locks import RunLock, RunLockedError
 
+pytestmark = pytest.mark.slow  # subprocesses
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 

@@ -11,11 +11,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from boxgym.locks import RunLock
 from boxgym.output_dir import LOCK, MANIFEST
 
+pytestmark = pytest.mark.slow  # subprocesses
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 ENV.pop("BOXGYM_DEBUG", None)

@@ -200,6 +200,7 @@ def test_gallery_by_ids_reports_missing_ones(nlvr2_copy, tmp_path, capsys):
     assert "not found: dev-7-7-7" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cache_overwrite_deletes_only_the_cache(nlvr2_copy, tmp_path, capsys):
     mine = tmp_path / "mine"
     mine.mkdir()

@@ -32,6 +32,7 @@ def test_files_and_folders_that_are_no_checkpoint(tmp_path) -> None:
             resolve_model(tmp_path / name)
 
 
+@pytest.mark.slow
 def test_the_run_verbs_say_so_in_one_line_before_making_anything(tmp_path) -> None:
     (tmp_path / "notes.txt").write_text("a text file")
     (tmp_path / "empty").mkdir()

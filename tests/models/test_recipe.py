@@ -56,6 +56,7 @@ def test_a_recipe_built_in_code_is_checked_too() -> None:
         replace(SeeingRecipe(), text_kv_heads=3)
 
 
+@pytest.mark.slow
 def test_the_command_refuses_before_any_folder_exists(tmp_path) -> None:
     argv = [sys.executable, "-m", "boxgym.cli", "tiny-model"]
     for item, needle in BAD_SETS[:9]:

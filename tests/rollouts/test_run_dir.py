@@ -12,8 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
+pytestmark = pytest.mark.slow  # subprocesses
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 ENV.pop("BOXGYM_DEBUG", None)

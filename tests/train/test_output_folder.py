@@ -15,6 +15,7 @@ from boxgym.locks import RunLock
 from boxgym.output_dir import LOCK
 from boxgym.train.commands import hold_output_dir
 
+pytestmark = pytest.mark.slow  # subprocesses
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 ENV.pop("BOXGYM_DEBUG", None)
