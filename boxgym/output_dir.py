@@ -33,8 +33,11 @@ from boxgym.locks import RunLock, RunLockedError
 
 MANIFEST = ".boxgym.json"
 LOCK = ".boxgym.lock"
-# Names that do not make a folder "not empty": locks and the manifest are boxgym's bookkeeping.
-BOOKKEEPING = frozenset({MANIFEST, LOCK, "run.lock", "summary.lock"})
+# Names that do not make a folder "not empty": locks, the manifest and the temporary files a
+# run writes its JSON through (left by a run killed mid-write) are boxgym's bookkeeping.
+BOOKKEEPING = frozenset(
+    {MANIFEST, LOCK, "run.lock", "summary.lock", ".run.json.tmp", ".tasks.json.tmp"}
+)
 
 
 def check_out_path(out: Path, flag: str = "--out") -> None:

@@ -47,6 +47,14 @@ def lines(path: Path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
+def holds_lock(out: Path, pid: int) -> bool:
+    """Whether the run lock names `pid`: that process is past its start-up and running."""
+    try:
+        return (out / "run.lock").read_text().strip() == str(pid)
+    except OSError:
+        return False
+
+
 def children(pid: int) -> list[int]:
     try:
         return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -92,8 +100,8 @@ def stop_part_way(out: Path, resume: bool, how: str, after: int) -> None:
     workers: list[int] = []
     while proc.poll() is None and time.time() < deadline:
         workers = children(proc.pid) or workers
-        if (out / "run.json").exists() and lines(out / "episodes.jsonl") >= before + after:
-            break
+        if holds_lock(out, proc.pid) and lines(out / "episodes.jsonl") >= before + after:
+            break  # this process runs (it holds the lock) and stored `after` more episodes
         time.sleep(0.01)
     workers = children(proc.pid) or workers
     if proc.poll() is None:
@@ -140,9 +148,8 @@ def uninterrupted(tmp_path_factory) -> dict[tuple[str, int], dict]:
         max_size=3,
     )
 )
-@example(
-    stops=[("int", 0)]
-)  # Ctrl-C as the workers are forked (it once hit logging's at-fork lock)
+# Stops as the run starts: a Ctrl-C as the workers are forked once hit logging's at-fork lock.
+@example(stops=[("int", 0), ("term", 0)])
 def test_any_stops_then_resume_store_the_uninterrupted_episodes(
     tmp_path_factory, uninterrupted, stops
 ) -> None:

@@ -120,6 +120,13 @@ def test_a_dead_holders_lock_is_taken_over_with_a_message(tmp_path) -> None:
     assert done.returncode == 0, done.stderr
     assert f"took over {out / 'run.lock'} from process {dead.pid}" in done.stderr
     assert (out / "run.lock").read_text() == ""  # a clean end clears the holder's id
+    # A run killed while writing run.json leaves its temporary file: the folder is still empty.
+    torn = tmp_path / "torn"
+    torn.mkdir()
+    (torn / ".run.json.tmp").write_text('{"poli')
+    (torn / "run.lock").write_text(f"{dead.pid}\n")
+    done = boxgym("episodes", "--n", "2", "--out", torn, "--no-progress")
+    assert done.returncode == 0, done.stderr
 
 
 def wait_for_lines(path: Path, count: int, proc: subprocess.Popen) -> None:
