@@ -8,6 +8,7 @@ loopback port, waits for `/health`, and stops or kills the whole group.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import signal
@@ -36,6 +37,26 @@ ENGINE_ENVIRONMENT = {
 }
 # Images per prompt the test server takes: the longest test episode's images fit.
 SERVER_IMAGE_LIMIT = 16
+
+
+def oracle_prompts(turns: int = 3) -> tuple[list[list[dict]], list[dict]]:
+    """The conversation before each of an oracle episode's first `turns` turns on a screens
+    scene, one call a turn (so a tool image is in the later ones), and the env's tool schemas."""
+    from boxgym.env import BoxGymEnv, EnvConfig
+    from boxgym.policies.scripted import OraclePolicy, SeededTask
+    from boxgym.rollouts.commands import scene_tasks
+
+    task = scene_tasks(["screens"], 1, 0, "easy")[0]
+    env = BoxGymEnv(config=EnvConfig(max_calls_per_turn=1))
+    messages, _ = env.reset(seed=0, options={"task": task})
+    conversation, prompts = list(messages), []
+    oracle = OraclePolicy(call_format="grounding")
+    while not env.done and len(prompts) < turns:
+        prompts.append(list(conversation))
+        (text,) = oracle.act([conversation], env.tool_schemas, [SeededTask(task, 0)])
+        new, *_ = env.step(text)
+        conversation.extend(new)
+    return prompts, env.tool_schemas
 
 
 def vllm_importable() -> bool:
@@ -91,16 +112,16 @@ class VLLMServer:
                 if self.process.poll() is not None or time.monotonic() - began > timeout_s:
                     self.stop()
                     tail = self.log.read_text(errors="replace")[-3000:]
-                    raise RuntimeError(f"vllm serve did not come up; its log ends:\n{tail}")
+                    raise RuntimeError(
+                        f"vllm serve did not come up; its log ends:\n{tail}"
+                    ) from None
                 time.sleep(1.0)
         self.starts.append(time.monotonic() - began)
 
     def _signal(self, sig: int) -> None:
         if self.process is not None and self.process.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, sig)
-            except ProcessLookupError:
-                pass
 
     def kill(self) -> None:
         """SIGKILL the server and its engine processes at once (a crash, not a shutdown)."""
@@ -164,10 +185,8 @@ class TcpRelay:
             pass
         finally:
             for end in (source, sink):
-                try:
+                with contextlib.suppress(OSError):
                     end.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 end.close()
 
     def close(self) -> None:

@@ -31,7 +31,10 @@ from boxgym.policies.prompting import (
     vision_token_ids,
 )
 
-INSTALL_HINT = "the vllm policy needs vLLM (CUDA only): pip install boxgym[vllm]"
+INSTALL_HINT = (
+    "the vllm policy needs vLLM: `make vllm` builds .venv-vllm with its CPU build (docs/install.md); "
+    "on a CUDA machine pip install boxgym[vllm]"
+)
 
 
 def episode_image_limit(env_config: Any, task_images: int = 1) -> int:

@@ -15,14 +15,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from vllm_engine import TcpRelay
+from vllm_engine import TcpRelay, oracle_prompts
 
-from boxgym.env import BoxGymEnv, EnvConfig
 from boxgym.errors import ServerError
 from boxgym.policies.openai_policy import OpenAIPolicy, to_openai_messages
 from boxgym.policies.prompting import load_processor, prepare_inputs
-from boxgym.policies.scripted import OraclePolicy, SeededTask
-from boxgym.rollouts.commands import scene_tasks
 from boxgym.rollouts.shards import Shard, read_run
 
 pytestmark = pytest.mark.vllm
@@ -38,22 +35,6 @@ def boxgym(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProce
         [sys.executable, "-m", "boxgym.cli", *map(str, args)],
         capture_output=True, text=True, timeout=timeout, env=ENV,
     )  # fmt: skip
-
-
-def oracle_prompts(turns: int = 3) -> tuple[list[list[dict]], list[dict]]:
-    """The conversation before each of an oracle episode's first `turns` turns (tool images
-    included from the second on), and the env's tool schemas."""
-    task = scene_tasks(["screens"], 1, 0, "easy")[0]
-    env = BoxGymEnv(config=EnvConfig(max_calls_per_turn=1))  # one call a turn: several turns
-    messages, _ = env.reset(seed=0, options={"task": task})
-    conversation, prompts = list(messages), []
-    oracle = OraclePolicy(call_format="grounding")
-    while not env.done and len(prompts) < turns:
-        prompts.append(list(conversation))
-        (text,) = oracle.act([conversation], env.tool_schemas, [SeededTask(task, 0)])
-        new, *_ = env.step(text)
-        conversation.extend(new)
-    return prompts, env.tool_schemas
 
 
 def rollout_args(url: str, out: Path, *more: str) -> list[str | Path]:
@@ -159,15 +140,17 @@ def test_two_shards_against_two_servers_make_one_run(vllm_server, tmp_path):
     relays = [TcpRelay(vllm_server.port), TcpRelay(vllm_server.port)]
     out = tmp_path / "run"
     try:
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-m", "boxgym.cli",
-                 *map(str, rollout_args(relay.url, out, "--n", "3", "--group-size", "1",
-                                       "--shard", f"{i}/2"))],
-                env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            )  # fmt: skip
-            for i, relay in enumerate(relays)
-        ]
+        procs = []
+        for i, relay in enumerate(relays):
+            args = rollout_args(
+                relay.url, out, "--n", "3", "--group-size", "1", "--shard", f"{i}/2"
+            )
+            command = [sys.executable, "-m", "boxgym.cli", *map(str, args)]
+            procs.append(
+                subprocess.Popen(
+                    command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+                )
+            )
         for proc in procs:
             _, err = proc.communicate(timeout=300)
             assert proc.returncode == 0, err[-3000:]
