@@ -268,6 +268,25 @@ def over_turn_keep_mask(environments: list[Any]) -> Any:
     return torch.tensor([0.0 if o else 1.0 for o in over])
 
 
+def check_vllm_mode(args: Any) -> None:
+    """Refuse vLLM's server mode on a trainer without CUDA, before anything is loaded.
+
+    TRL 1.16 pushes the trained weights to a `vllm serve` over vLLM's NCCL weight-transfer
+    engine, and `VLLMClient.init_communicator` raises NotImplementedError for any other device
+    ("Weight synchronization runs on vLLM's NCCL weight-transfer engine, which needs a CUDA
+    device"); colocate mode runs on a CPU (`reload_weights_on_cpu`).
+    """
+    import torch
+
+    from boxgym.errors import UserError
+
+    if args.use_vllm and args.vllm_mode == "server" and not torch.cuda.is_available():
+        raise UserError(
+            "trainer.vllm_mode=server needs a CUDA GPU on the trainer: TRL sends the trained "
+            "weights to the vLLM server over NCCL; on a CPU set trainer.vllm_mode: colocate"
+        )
+
+
 def build_grpo_trainer(config: GRPORunConfig) -> Any:
     """The configured `GRPOTrainer` (model, adapter, prompt dataset, environment), not yet run."""
     from datasets import Dataset
@@ -282,6 +301,7 @@ def build_grpo_trainer(config: GRPORunConfig) -> Any:
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     processor = load_processor(config.model)
     args = grpo_args(config, processor)
+    check_vllm_mode(args)
     if config.budget_check != "off":
         from boxgym.train.budget import check_episode_budget
 
