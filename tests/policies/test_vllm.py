@@ -102,7 +102,7 @@ SMALL_EPISODES = {"max_turns": 2, "max_calls_per_turn": 1}
 def engine(tiny_model_path):
     """The policy with a real `vllm.LLM` of the tiny checkpoint, its image limit derived from
     the small episode budget (3)."""
-    from vllm_engine import ENGINE_ENVIRONMENT
+    from vllm_engine import ENGINE_ENVIRONMENT, FAST_START
 
     from boxgym.env import EnvConfig
     from boxgym.policies.vllm import VLLMPolicy, episode_image_limit
@@ -111,7 +111,11 @@ def engine(tiny_model_path):
     os.environ.update(ENGINE_ENVIRONMENT)
     limit = episode_image_limit(EnvConfig(**SMALL_EPISODES), 1)
     policy = VLLMPolicy(
-        model=tiny_model_path, limit_mm_per_prompt=limit, max_new_tokens=12, dtype="float32"
+        model=tiny_model_path,
+        limit_mm_per_prompt=limit,
+        max_new_tokens=12,
+        dtype="float32",
+        engine_kwargs=FAST_START,
     )
     yield policy
     policy.llm.llm_engine.engine_core.shutdown()

@@ -170,7 +170,18 @@ def test_server_killed_mid_run_then_resume(vllm_server, tmp_path):
     """The server dies part-way: the run stops with one line naming the URL and keeps the
     finished episodes; with the server back, `--resume` finishes the run."""
     out = tmp_path / "run"
-    args = rollout_args(vllm_server.url, out, "--n", "8", "--max-live", "1", "--max-retries", "0")
+    args = rollout_args(
+        vllm_server.url,
+        out,
+        "--n",
+        "8",
+        "--group-size",
+        "1",
+        "--max-live",
+        "1",
+        "--max-retries",
+        "0",
+    )
     run = subprocess.Popen(
         [sys.executable, "-m", "boxgym.cli", *map(str, args), "--policy-delay", "0.3"],
         env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
