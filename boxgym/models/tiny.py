@@ -191,10 +191,12 @@ def tiny_config():
     )
 
 
-def build_tiny_model(out_dir: str | os.PathLike[str], seed: int = SEED) -> Path:
+def build_tiny_model(out_dir: str | os.PathLike[str], seed: int = SEED, config=None) -> Path:
     """Write the tiny checkpoint (model, processor, tokenizer, generation config) to `out_dir`.
 
-    The weights are drawn from `seed`, so two builds are identical. Writes into a sibling
+    The weights are drawn from `seed`, so two builds are identical; `config` gives another
+    shape (a `Qwen2VLConfig` from `qwen2_vl_config`, e.g. the seeing recipe's, untrained), the
+    tiny one when None. Writes into a sibling
     temporary directory first and renames it to `out_dir` when complete; if another builder got
     there first, its checkpoint is kept.
 
@@ -212,7 +214,7 @@ def build_tiny_model(out_dir: str | os.PathLike[str], seed: int = SEED) -> Path:
     staging.chmod(0o755)  # mkdtemp makes it private; the checkpoint is shared
     try:
         torch.manual_seed(seed)
-        model = Qwen2VLForConditionalGeneration(tiny_config())
+        model = Qwen2VLForConditionalGeneration(config if config is not None else tiny_config())
         model.generation_config = GenerationConfig(
             bos_token_id=151643,
             eos_token_id=[151645, 151643],

@@ -154,7 +154,7 @@ def test_rollout_through_the_offline_engine(engine, tmp_path):
     from boxgym.rollouts.runner import run_rollouts
     from boxgym.rollouts.store import EpisodeStore, read_episodes
 
-    engine.requests_sent = 0
+    engine.requests_sent = engine.tokens_generated = 0
     tasks = scene_tasks(["shapes", "screens"], 2, 0, "easy")
     config = EnvConfig(**SMALL_EPISODES)
     with EpisodeStore(tmp_path / "run") as store:
@@ -165,6 +165,7 @@ def test_rollout_through_the_offline_engine(engine, tmp_path):
     assert len(episodes) == 4
     turns = [t for e in episodes for t in e["turns"]]
     assert engine.requests_sent == len(turns)
+    assert engine.tokens_generated >= len(turns)  # counted for the progress bar's tokens/s
     for turn in turns:  # cut at the end of the turn, no vision token left in the text
         assert "<|im_end|>" not in turn["assistant"] and "<|image_pad|>" not in turn["assistant"]
 
