@@ -5,7 +5,8 @@ second and episodes per minute of the rollout itself, and each engine's start-up
 The model is the seeing recipe's shape (text hidden 128, 4 layers, heads of 32; vision depth 2)
 with random weights unless `--model` names a checkpoint (`--model seeing`: the trained one, once
 `boxgym tiny-model --seeing` has built it); the tasks are the seeing model's (224 px shapes
-scenes, 1-12 objects, draw_box returning text, two turns, as configs/proof_grpo_seeing.yaml).
+scenes, 1-12 objects, the one-reply protocol: draw_box returning text, two turns, as
+configs/proof_grpo_seeing.yaml).
 Random weights rarely write a call or the end of a turn, so nearly every episode runs both turns
 at `--max-new-tokens`: every backend does the same work. All three sample at temperature 1, in
 float32, with every live conversation in one batch (`hf` at `--batch`, `vllm` in one `generate`,
@@ -47,6 +48,7 @@ ENV_KWARGS = {
     "max_calls": 28,
     "max_image_pixels": 50176,
     "crop_max_pixels": 50176,
+    "image_history": "all",
 }
 ENGINE_ENVIRONMENT = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
 
@@ -226,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         },
         "model": model,
+        "checkpoint": Path(model).name,
         "settings": {k: v for k, v in vars(args).items() if k != "json"},
         "results": results,
     }
