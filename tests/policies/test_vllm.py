@@ -115,7 +115,8 @@ def engine(tiny_model_path):
         limit_mm_per_prompt=limit,
         max_new_tokens=12,
         dtype="float32",
-        engine_kwargs=FAST_START,
+        # a step budget below two prompts: prefills are split across steps
+        engine_kwargs={**FAST_START, "max_num_batched_tokens": 2048},
     )
     yield policy
     policy.llm.llm_engine.engine_core.shutdown()
@@ -225,3 +226,26 @@ def test_vision_tokens_are_banned(engine):
 
     assert sample(ban) == [word] * 8
     assert set(sample(None)) & set(vision)
+
+
+@pytest.mark.vllm
+def test_many_long_seeded_conversations_in_one_batch(engine):
+    """Eight scene conversations with the env's tools (about 1,700 prompt tokens each) in one
+    `generate`, every request seeded, the step budget 2,048 tokens: prefills are split across
+    steps, which kills vLLM 0.32's CPU engine ("CPU Generator does not use offset") unless
+    boxgym's vLLM plugin is loaded (boxgym/policies/vllm_plugin.py)."""
+    from importlib.metadata import entry_points
+
+    plugins = {e.value for e in entry_points(group="vllm.general_plugins")}
+    assert "boxgym.policies.vllm_plugin:register" in plugins
+    from boxgym.env import BoxGymEnv, EnvConfig
+    from boxgym.rollouts.commands import scene_tasks
+
+    batch, tools = [], []
+    for task in scene_tasks(["shapes", "screens"], 8, 0, "easy"):
+        env = BoxGymEnv(config=EnvConfig(**SMALL_EPISODES))
+        messages, _ = env.reset(seed=0, options={"task": task})
+        batch.append(list(messages))
+        tools = env.tool_schemas
+    texts = engine.act(batch, tools)
+    assert len(texts) == 8 and all(isinstance(t, str) for t in texts)
