@@ -100,8 +100,8 @@ class VLLMServer:
         self.process: subprocess.Popen | None = None
         self.starts: list[float] = []  # seconds each start took
 
-    def start(self, timeout_s: float = 600.0) -> None:
-        """Start the server and wait until `/health` answers 200."""
+    def start(self, timeout_s: float = 1200.0) -> None:
+        """Start the server and wait until `/health` answers 200 (minutes on a busy machine)."""
         began = time.monotonic()
         with open(self.log, "ab") as out:
             self.process = subprocess.Popen(
