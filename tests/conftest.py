@@ -22,7 +22,35 @@ def tiny_model_path() -> Path:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test that loads the tiny model (the `tiny_model_path` fixture, directly or through
     another fixture) is `slow`: loading it and its processor takes seconds, so the
-    `pytest -m "not slow"` loop leaves them out."""
+    `pytest -m "not slow"` loop leaves them out. Tests marked `vllm` need the real engine:
+    skipped where vLLM is not importable (they run in .venv-vllm, `make test-vllm`), unless
+    BOXGYM_REQUIRE_VLLM=1 makes that a failure."""
+    import os
+    import sys
+
+    from vllm_engine import REQUIRE_VARIABLE, SKIP_REASON, vllm_importable
+
     for item in items:
         if "tiny_model_path" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+    if vllm_importable():
+        return
+    marked = [item for item in items if item.get_closest_marker("vllm") is not None]
+    if marked and os.environ.get(REQUIRE_VARIABLE) == "1":
+        raise pytest.UsageError(f"{REQUIRE_VARIABLE}=1 but {sys.executable} cannot import vllm")
+    for item in marked:
+        item.add_marker(pytest.mark.skip(reason=SKIP_REASON))
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One real `vllm serve` of the tiny checkpoint for the whole session (named "tiny"),
+    stopped at the end; its log is `log` beside it."""
+    from vllm_engine import VLLMServer
+
+    server = VLLMServer(tiny_model_path, tmp_path_factory.mktemp("vllm-serve") / "server.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

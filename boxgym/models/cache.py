@@ -8,8 +8,8 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from boxgym.models.recipe import BUILD_VERSION as TINY_BUILD_VERSION
 from boxgym.models.recipe import SeeingRecipe
+from boxgym.models.tiny import BUILD_VERSION as TINY_BUILD_VERSION
 from boxgym.models.tiny import build_tiny_model
 
 

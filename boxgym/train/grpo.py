@@ -102,6 +102,8 @@ def _trainer_class() -> type:
             for name, tools in self._env_tools.items():
                 self._env_tools[name] = trl_environment.in_tool_order(tools)
             self.tools = trl_environment.in_tool_order(self.tools)
+            if self.use_vllm and self.vllm_mode == "colocate":
+                reload_weights_on_cpu(self.vllm_generation)
 
         def _generate(self, prompts: list) -> Any:
             # TRL 1.16 parses every completion with the module-level `parse_response`
@@ -201,6 +203,35 @@ def _trainer_class() -> type:
     return BoxGymGRPOTrainer
 
 
+def reload_weights_on_cpu(generation: Any) -> None:
+    """Make TRL's colocated weight sync work with vLLM's CPU build.
+
+    TRL 1.16 pushes the trained weights into the colocated engine parameter by parameter with
+    the model's `load_weights` (`VLLMGeneration.sync_weights`, trl/generation/vllm_generation.py).
+    vLLM's CPU backend packs every linear layer's weight for its GEMM kernels once loaded and
+    leaves an empty parameter behind (`dispatch_cpu_unquantized_gemm(layer, remove_weight=True)`
+    in vllm/model_executor/layers/linear.py, vLLM 0.32), so that call fails ("Attempted to load
+    weight (torch.Size([96, 32])) into parameter (torch.Size([0]))"). The model runner's
+    `reload_weights` (vllm/model_executor/model_loader/reload/) rebuilds the parameters, loads
+    the weights and packs them again: on a CPU engine the sync goes through it. On other
+    platforms TRL's own sync is kept.
+    """
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return
+    llm = generation.llm
+    runner = llm.llm_engine.model_executor.driver_worker.model_runner
+
+    def sync_weights() -> None:
+        runner.reload_weights(
+            weights_iterator=generation._iter_named_params(), is_checkpoint_format=True
+        )
+        llm.reset_prefix_cache()
+
+    generation.sync_weights = sync_weights
+
+
 @contextmanager
 def lm_head_scores_completions_only() -> Iterator[None]:
     """Make TRL 1.16's fused LM head score only the completion tokens on CPU too.
@@ -237,6 +268,25 @@ def over_turn_keep_mask(environments: list[Any]) -> Any:
     return torch.tensor([0.0 if o else 1.0 for o in over])
 
 
+def check_vllm_mode(args: Any) -> None:
+    """Refuse vLLM's server mode on a trainer without CUDA, before anything is loaded.
+
+    TRL 1.16 pushes the trained weights to a `vllm serve` over vLLM's NCCL weight-transfer
+    engine, and `VLLMClient.init_communicator` raises NotImplementedError for any other device
+    ("Weight synchronization runs on vLLM's NCCL weight-transfer engine, which needs a CUDA
+    device"); colocate mode runs on a CPU (`reload_weights_on_cpu`).
+    """
+    import torch
+
+    from boxgym.errors import UserError
+
+    if args.use_vllm and args.vllm_mode == "server" and not torch.cuda.is_available():
+        raise UserError(
+            "trainer.vllm_mode=server needs a CUDA GPU on the trainer: TRL sends the trained "
+            "weights to the vLLM server over NCCL; on a CPU set trainer.vllm_mode: colocate"
+        )
+
+
 def build_grpo_trainer(config: GRPORunConfig) -> Any:
     """The configured `GRPOTrainer` (model, adapter, prompt dataset, environment), not yet run."""
     from datasets import Dataset
@@ -251,6 +301,7 @@ def build_grpo_trainer(config: GRPORunConfig) -> Any:
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     processor = load_processor(config.model)
     args = grpo_args(config, processor)
+    check_vllm_mode(args)
     if config.budget_check != "off":
         from boxgym.train.budget import check_episode_budget
 

@@ -87,6 +87,15 @@ def test_model_loads_and_generates(tiny_model_path):
     assert out.shape == (1, 12)
 
 
+def test_text_heads_are_a_size_vllms_cpu_attention_serves(tiny_model_path):
+    from boxgym.models.recipe import SeeingRecipe, seeing_config
+
+    config = json.loads((tiny_model_path / "config.json").read_text())["text_config"]
+    assert config["hidden_size"] // config["num_attention_heads"] in tiny_model.VLLM_CPU_HEAD_SIZES
+    seeing = seeing_config(SeeingRecipe()).text_config
+    assert seeing.hidden_size // seeing.num_attention_heads in tiny_model.VLLM_CPU_HEAD_SIZES
+
+
 def test_build_reuses_a_complete_checkpoint(tiny_model_path):
     before = (tiny_model_path / "model.safetensors").stat().st_mtime_ns
     assert tiny_model.build_tiny_model(tiny_model_path) == tiny_model_path
@@ -94,6 +103,7 @@ def test_build_reuses_a_complete_checkpoint(tiny_model_path):
 
 
 def test_default_model_path_uses_boxgym_cache(monkeypatch, tmp_path, tiny_model_path):
+    assert tiny_model_path.name == f"tiny-qwen2-vl-v{tiny_model.BUILD_VERSION}"
     monkeypatch.setenv("BOXGYM_CACHE", str(tmp_path))
     assert cache.cache_dir() == tmp_path
     assert cache.resolve_model("some/model") == "some/model"

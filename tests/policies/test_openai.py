@@ -281,3 +281,20 @@ def test_server_sees_the_same_prompt_tokens_as_our_renderer(transformers_server,
     )
     ours = prepare_inputs(processor, [messages], TOOLS)["input_ids"].shape[1]
     assert response.usage.prompt_tokens == ours
+
+
+def test_vllm_dialect_sends_vllms_own_fields_and_the_whole_tool_schemas():
+    """What the vllm dialect adds for `vllm serve` (tested against the real server in
+    test_vllm_serve.py); the generic dialect sends standard fields only."""
+    policy = OpenAIPolicy(base_url="http://127.0.0.1:9/v1", model="m")
+    assert policy.extra_body(TOOLS) == {
+        "skip_special_tokens": False,
+        "spaces_between_special_tokens": False,
+        "chat_template_kwargs": {"tools": TOOLS},
+    }
+    assert policy.tool_kwargs(TOOLS) == {"tools": TOOLS, "tool_choice": "none"}
+    assert "chat_template_kwargs" not in policy.extra_body([])
+    assert policy.tool_kwargs([]) == {}  # zero-shot: no tools, no tool_choice
+    generic = OpenAIPolicy(model="m", dialect="generic")
+    assert generic.extra_body(TOOLS) is None
+    assert generic.tool_kwargs(TOOLS)["tool_choice"] == "auto"
