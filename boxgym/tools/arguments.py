@@ -65,6 +65,48 @@ def as_label(name: str, value: Any) -> str:
     return text
 
 
+def as_box(
+    values: tuple[Any, Any, Any, Any], frame: str, size: tuple[int, int]
+) -> tuple[float, ...]:
+    """Validate a box (x1, y1, x2, y2) written in `frame`; return it in pixels, clipped to `size`.
+
+    `size` is the (width, height) of the original image the box is on.
+    """
+    coords = [as_number(n, v) for n, v in zip(("x1", "y1", "x2", "y2"), values)]
+    ex, ey = frame_extent(frame, size)
+    frame_hint = {
+        "qwen": "coordinates are 0-1000 relative to the image's width and height",
+        "unit": "coordinates are 0-1 relative to the image's width and height",
+        "pixels": f"coordinates are pixels of the {size[0]}x{size[1]} image",
+    }[frame]
+    for name, value, extent in zip(("x1", "y1", "x2", "y2"), coords, (ex, ey, ex, ey)):
+        if not 0 <= value <= extent:
+            raise ToolArgumentError(
+                f"{name}={value:g} is outside the image ({frame_hint}, max {extent:g})"
+            )
+    if coords[2] <= coords[0] or coords[3] <= coords[1]:
+        raise ToolArgumentError(
+            f"the box ({', '.join(f'{c:g}' for c in coords)}) is inverted or empty: "
+            "x1 < x2 and y1 < y2 are needed (top-left corner first)"
+        )
+    pixels = frame_to_pixels(coords, frame, size)
+    pixels = (
+        max(0.0, pixels[0]),
+        max(0.0, pixels[1]),
+        min(float(size[0]), pixels[2]),
+        min(float(size[1]), pixels[3]),
+    )
+    if pixels[2] - pixels[0] < 1 or pixels[3] - pixels[1] < 1:
+        raise ToolArgumentError("the box is smaller than one pixel; make it cover the object")
+    if max(pixels[2] - pixels[0], pixels[3] - pixels[1]) > 150 * min(
+        pixels[2] - pixels[0], pixels[3] - pixels[1]
+    ):
+        raise ToolArgumentError(
+            "the box is too thin (sides more than 150:1); make it cover the object"
+        )
+    return pixels
+
+
 # The answer fields each task kind requires.
 ANSWER_FIELDS: dict[str, tuple[str, ...]] = {
     "enumerate": ("count", "items"),

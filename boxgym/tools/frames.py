@@ -8,7 +8,8 @@ Three frames are supported:
 - ``"pixels"``: absolute pixels of the task's ORIGINAL image (not the resized one the model sees).
 - ``"unit"``: floats in [0, 1] relative to the width and height.
 
-A box is ``(x1, y1, x2, y2)``; a point is ``(x, y)``. Both functions take either.
+A box is ``(x1, y1, x2, y2)``; a point is ``(x, y)``. The conversions take either;
+`shown_in_frame` writes pixel coordinates as the model and `info` are shown them.
 """
 
 from __future__ import annotations
@@ -93,3 +94,28 @@ def pixels_to_frame(
     if frame == "pixels":
         return tuple(float(v) for v in coords)
     return tuple(values)
+
+
+# Decimals kept when coordinates are shown (messages, info) in the float frames.
+SHOWN_DECIMALS: dict[str, int] = {"pixels": 2, "unit": 4}
+FAR_EDGE_NOTE = (
+    f" ({QWEN_SCALE - 1} is the qwen frame's far edge, written {QWEN_SCALE} or {QWEN_SCALE - 1})"
+)
+
+
+def shown_in_frame(
+    coords: tuple[float, ...], frame: str, image_size: tuple[int, int]
+) -> list[float] | list[int]:
+    """Pixel coordinates as shown to the model and in `info`: in `frame`, without float noise.
+
+    The qwen frame gives integers clipped to [0, 999] (`pixels_to_frame`); the pixels and
+    unit frames are rounded to `SHOWN_DECIMALS` places.
+    """
+    values = pixels_to_frame(coords, frame, image_size)
+    digits = SHOWN_DECIMALS.get(frame)
+    return [v if digits is None else round(v, digits) + 0.0 for v in values]
+
+
+def far_edge_note(frame: str, shown: list[float] | list[int]) -> str:
+    """Says what 999 means when a qwen-frame echo holds it (so 1000 -> 999 is no surprise)."""
+    return FAR_EDGE_NOTE if frame == "qwen" and QWEN_SCALE - 1 in shown else ""

@@ -19,33 +19,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from boxgym.tools.arguments import ToolArgumentError, as_answer, as_integer, as_label, as_number
-from boxgym.tools.canvas import (
-    MARK_STYLES,
-    PATCH,
-    Mark,
-    MarkDrawing,
-    crop_array,
-    crop_size,
-    draw_marks,
-    fit_to_patch_grid,
-    layout_mark,
-    paint_mark,
-    redraw_region,
-    resize_array,
-    to_rgb_array,
-)
-from boxgym.tools.frames import (
-    QWEN_SCALE,
-    check_frame,
-    frame_extent,
-    frame_to_pixels,
-    pixels_to_frame,
-)
-from boxgym.tools.recipes import DeferredImage, with_recipe
+from boxgym.tools.arguments import ToolArgumentError, as_answer, as_box, as_integer, as_label
+from boxgym.tools.canvas import MARK_STYLES, PATCH, Mark
+from boxgym.tools.frames import check_frame, far_edge_note, shown_in_frame
+from boxgym.tools.marked_images import MarkedImages
 
 TOOL_NAMES: tuple[str, ...] = ("draw_box", "crop", "label", "remove_box", "answer")
 DRAW_BOX_RETURNS: tuple[str, ...] = ("image", "crop", "both", "text")
@@ -59,31 +38,6 @@ CROP_MARGIN = 0.15  # context around a box in draw_box's crop, as a fraction of 
 Blocks = list[dict[str, Any]]
 
 
-# Decimals kept when coordinates are shown (messages, info) in the float frames.
-SHOWN_DECIMALS: dict[str, int] = {"pixels": 2, "unit": 4}
-FAR_EDGE_NOTE = (
-    f" ({QWEN_SCALE - 1} is the qwen frame's far edge, written {QWEN_SCALE} or {QWEN_SCALE - 1})"
-)
-
-
-def shown_in_frame(
-    coords: tuple[float, ...], frame: str, image_size: tuple[int, int]
-) -> list[float] | list[int]:
-    """Pixel coordinates as shown to the model and in `info`: in `frame`, without float noise.
-
-    The qwen frame gives integers clipped to [0, 999] (`pixels_to_frame`); the pixels and
-    unit frames are rounded to `SHOWN_DECIMALS` places.
-    """
-    values = pixels_to_frame(coords, frame, image_size)
-    digits = SHOWN_DECIMALS.get(frame)
-    return [v if digits is None else round(v, digits) + 0.0 for v in values]
-
-
-def _far_edge_note(frame: str, shown: list[float] | list[int]) -> str:
-    """Says what 999 means when a qwen-frame echo holds it (so 1000 -> 999 is no surprise)."""
-    return FAR_EDGE_NOTE if frame == "qwen" and QWEN_SCALE - 1 in shown else ""
-
-
 @dataclass(frozen=True)
 class DrawnBox:
     """A box the model drew. `pixels` are in the ORIGINAL image, clipped to it."""
@@ -92,6 +46,11 @@ class DrawnBox:
     label: str
     image: int
     pixels: tuple[float, float, float, float]
+
+    @property
+    def mark(self) -> Mark:
+        """The box as a mark in the pixels of its original image."""
+        return Mark(self.box_id, self.label, self.pixels)
 
     def to_json(self, frame: str, image_size: tuple[int, int]) -> dict[str, Any]:
         return {
@@ -175,24 +134,22 @@ class Toolbox:
         self._frame = check_frame(coordinate_frame)  # how the model writes coordinates
         self._draw_box_returns = draw_box_returns  # what draw_box shows
         self._crop_shows_boxes = crop_shows_boxes
-        self._mark_style = mark_style  # how marks look
         self._box_count_text = box_count_text  # whether texts give the box number and count
         self._max_boxes = max_boxes
-        self._max_image_pixels = max_image_pixels
-        self._min_image_pixels = min_image_pixels
-        self._crop_min_side = crop_min_side
-        # A crop is an image shown like any other, so the image cap bounds it too.
-        self._crop_max_pixels = min(crop_max_pixels, max_image_pixels)
         self._kind = kind
-        self._originals: list[np.ndarray] = []  # (H, W, 3) uint8 of each original image
+        # The working images with the live boxes marked, and the crops. A crop is an image
+        # shown like any other, so the image cap bounds it too.
+        self._images = MarkedImages(
+            mark_style=mark_style,
+            max_image_pixels=max_image_pixels,
+            min_image_pixels=min_image_pixels,
+            crop_min_side=crop_min_side,
+            crop_max_pixels=min(crop_max_pixels, max_image_pixels),
+        )
         self._sizes: list[tuple[int, int]] = []  # original (width, height)
-        self._views: list[Image.Image] = []  # clean working images, on the patch grid
-        self._marked: list[Image.Image] = []  # working images with the live boxes drawn
         self._boxes: dict[int, DrawnBox] = {}  # live boxes by id, in drawing order
-        # Per live box, made once when it is drawn or relabelled, so a step never redoes
-        # every box: its `info` JSON, and where its mark lies on its working image.
+        # Per live box, its `info` JSON, made once when it is drawn or relabelled.
         self._box_json: dict[int, dict[str, Any]] = {}
-        self._drawings: dict[int, MarkDrawing | None] = {}
         self._next_id = 1
         self._answer: dict[str, Any] | None = None
         self._tool_images = 0  # images handed back by draw_box/crop (for the tool bonus)
@@ -206,19 +163,10 @@ class Toolbox:
         if not 1 <= len(images) <= 2:
             raise ValueError(f"a Toolbox takes 1 or 2 images, got {len(images)}")
         self._kind = kind
-        self._originals = [to_rgb_array(im) for im in images]
-        self._sizes = [(a.shape[1], a.shape[0]) for a in self._originals]
-        self._views = []
-        for array, (w, h) in zip(self._originals, self._sizes):
-            size = fit_to_patch_grid(w, h, self._min_image_pixels, self._max_image_pixels)
-            view = Image.fromarray(resize_array(array, size))
-            self._views.append(with_recipe(view, len(self._views), (w, h), None, []))
-        self._marked = [view.copy() for view in self._views]
-        for marked in self._marked:
-            marked.info.clear()  # drawn on: its recipe is made when it is shown
+        self._images.load(images)
+        self._sizes = list(self._images.sizes)
         self._boxes = {}
         self._box_json = {}
-        self._drawings = {}
         self._next_id = 1
         self._answer = None
         self._tool_images = 0
@@ -240,7 +188,7 @@ class Toolbox:
     @property
     def view_images(self) -> list[Image.Image]:
         """The clean working images shown to the model (sides multiples of 28)."""
-        return list(self._views)
+        return list(self._images.views)
 
     @property
     def image_sizes(self) -> list[tuple[int, int]]:
@@ -257,7 +205,7 @@ class Toolbox:
 
     def _marked_image(self, index: int = 0) -> Image.Image:
         """A copy of working image `index` with the live boxes drawn."""
-        return self._marked[index].copy()
+        return self._images.marked_copy(index)
 
     @property
     def box_count(self) -> int:
@@ -271,15 +219,10 @@ class Toolbox:
             for b in self._box_json.values()
         ]
 
-    def _set_box(self, box: DrawnBox) -> MarkDrawing | None:
-        """Store a new or relabelled box with its JSON and its mark's layout; the old layout."""
+    def _set_box(self, box: DrawnBox) -> None:
+        """Store a new or relabelled box with its JSON."""
         self._boxes[box.box_id] = box
         self._box_json[box.box_id] = box.to_json(self._frame, self._sizes[box.image])
-        old = self._drawings.get(box.box_id)
-        self._drawings[box.box_id] = layout_mark(
-            self._working_mark(box), self._views[box.image].size, style=self._mark_style
-        )
-        return old
 
     def _call(self, name: str, arguments: Any) -> tuple[Blocks, bool]:
         """Run tool `name` with a dict of `arguments`, checking names first; (blocks, ok)."""
@@ -308,7 +251,7 @@ class Toolbox:
         return blocks, ok
 
     def _run(self, name: str, body: Any, *args: Any) -> Blocks:
-        if not self._originals:
+        if not self._sizes:
             return _text("Error: no image is loaded yet.")
         if self._answer is not None:
             return _text("Error: the answer was already given; the episode is over.")
@@ -323,137 +266,15 @@ class Toolbox:
 
     def _image_index(self, image: Any) -> int:
         index = as_integer("image", image)
-        if not 0 <= index < len(self._originals):
-            choices = "0" if len(self._originals) == 1 else "0 or 1"
+        if not 0 <= index < len(self._sizes):
+            choices = "0" if len(self._sizes) == 1 else "0 or 1"
             raise ToolArgumentError(f"image must be {choices}, got {index}")
         return index
 
-    def _region(self, x1: Any, y1: Any, x2: Any, y2: Any, index: int) -> tuple[float, ...]:
-        """Validate a box in the model's frame and return it in original pixels (clipped)."""
-        coords = [as_number(n, v) for n, v in zip(("x1", "y1", "x2", "y2"), (x1, y1, x2, y2))]
-        size = self._sizes[index]
-        ex, ey = frame_extent(self._frame, size)
-        frame_hint = {
-            "qwen": "coordinates are 0-1000 relative to the image's width and height",
-            "unit": "coordinates are 0-1 relative to the image's width and height",
-            "pixels": f"coordinates are pixels of the {size[0]}x{size[1]} image",
-        }[self._frame]
-        for name, value, extent in zip(("x1", "y1", "x2", "y2"), coords, (ex, ey, ex, ey)):
-            if not 0 <= value <= extent:
-                raise ToolArgumentError(
-                    f"{name}={value:g} is outside the image ({frame_hint}, max {extent:g})"
-                )
-        if coords[2] <= coords[0] or coords[3] <= coords[1]:
-            raise ToolArgumentError(
-                f"the box ({', '.join(f'{c:g}' for c in coords)}) is inverted or empty: "
-                "x1 < x2 and y1 < y2 are needed (top-left corner first)"
-            )
-        pixels = frame_to_pixels(coords, self._frame, size)
-        pixels = (
-            max(0.0, pixels[0]),
-            max(0.0, pixels[1]),
-            min(float(size[0]), pixels[2]),
-            min(float(size[1]), pixels[3]),
-        )
-        if pixels[2] - pixels[0] < 1 or pixels[3] - pixels[1] < 1:
-            raise ToolArgumentError("the box is smaller than one pixel; make it cover the object")
-        if max(pixels[2] - pixels[0], pixels[3] - pixels[1]) > 150 * min(
-            pixels[2] - pixels[0], pixels[3] - pixels[1]
-        ):
-            raise ToolArgumentError(
-                "the box is too thin (sides more than 150:1); make it cover the object"
-            )
-        return pixels
-
-    def _working_mark(self, box: DrawnBox) -> Mark:
-        """`box` in the pixels of its working image."""
-        w, h = self._sizes[box.image]
-        vw, vh = self._views[box.image].size
-        sx, sy = vw / w, vh / h
-        p = box.pixels
-        return Mark(box.box_id, box.label, (p[0] * sx, p[1] * sy, p[2] * sx, p[3] * sy))
-
-    def _redraw(self, index: int, *regions: tuple[int, int, int, int] | None) -> None:
-        """Redraw the union of `regions` of working image `index` from its clean view.
-
-        Only the marks reaching that rectangle are drawn again (`redraw_region`), so an edit
-        costs what the boxes near it cost; the result is what redrawing every box gives.
-        """
-        boxes = [r for r in regions if r is not None]
-        if not boxes:
-            return
-        union = (
-            min(r[0] for r in boxes),
-            min(r[1] for r in boxes),
-            max(r[2] for r in boxes),
-            max(r[3] for r in boxes),
-        )
-        drawings = (
-            d
-            for box_id, d in self._drawings.items()
-            if d is not None and self._boxes[box_id].image == index
-        )
-        redraw_region(self._marked[index], self._views[index], drawings, union)
-
-    def _crop_image(self, index: int, region: tuple[float, ...], show_boxes: bool) -> Image.Image:
-        x1, y1, x2, y2 = region
-        size = crop_size(
-            x2 - x1, y2 - y1, self._crop_min_side, self._crop_max_pixels, self._min_image_pixels
-        )
-        image = Image.fromarray(crop_array(self._originals[index], (x1, y1, x2, y2), size))
-        shown = (
-            [
-                b
-                for b in self._boxes.values()
-                if b.image == index
-                and b.pixels[0] < x2
-                and b.pixels[2] > x1
-                and b.pixels[1] < y2
-                and b.pixels[3] > y1
-            ]
-            if show_boxes
-            else []
-        )
-        sx, sy = size[0] / (x2 - x1), size[1] / (y2 - y1)
-        draw_marks(
-            image,
-            [
-                Mark(
-                    b.box_id,
-                    b.label,
-                    (
-                        (b.pixels[0] - x1) * sx,
-                        (b.pixels[1] - y1) * sy,
-                        (b.pixels[2] - x1) * sx,
-                        (b.pixels[3] - y1) * sy,
-                    ),
-                )
-                for b in shown
-            ],
-            style=self._mark_style,
-        )
-        boxes = [[b.box_id, b.label, *b.pixels] for b in shown]
-        with_recipe(image, index, self._sizes[index], (x1, y1, x2, y2), boxes)
-        return image
-
     def _show_marked(self, index: int) -> dict[str, Any]:
+        """The marked working image `index` as a tool's image block (counted as shown)."""
         self._tool_images += 1
-        boxes = [[b.box_id, b.label, *b.pixels] for b in self._boxes.values() if b.image == index]
-        # The marked image as it is now, made when read: the clean view with these marks.
-        view = self._views[index]
-        drawings = [
-            d for i, d in self._drawings.items() if d is not None and self._boxes[i].image == index
-        ]
-
-        def make() -> Image.Image:
-            marked = view.copy()
-            draw = ImageDraw.Draw(marked)
-            for drawing in drawings:
-                paint_mark(draw, drawing)
-            return marked
-
-        image = DeferredImage(view.size, make)
-        return _image(with_recipe(image, index, self._sizes[index], None, boxes))
+        return _image(self._images.show_marked(index))
 
     def _box_summary(self) -> str:
         """ " N boxes so far." (with its leading space), or "" when `box_count_text` is off."""
@@ -487,7 +308,7 @@ class Toolbox:
         def body() -> Blocks:
             index = self._image_index(image)
             text = as_label("label", label)
-            pixels = self._region(x1, y1, x2, y2, index)
+            pixels = as_box((x1, y1, x2, y2), self._frame, self._sizes[index])
             if len(self._boxes) >= self._max_boxes:
                 raise ToolArgumentError(
                     f"there are already {self._max_boxes} boxes, the most allowed; "
@@ -495,17 +316,15 @@ class Toolbox:
                 )
             box = DrawnBox(self._next_id, text, index, pixels)
             self._set_box(box)
+            self._images.draw(index, box.mark)
             self._next_id += 1
             shown = self._box_json[box.box_id]["box"]
             number = f" {box.box_id}" if self._box_count_text else ""
             message = (
                 f'Box{number} "{text}" drawn at ({", ".join(f"{v:g}" for v in shown)})'
-                f"{' on image 1' if index else ''}{_far_edge_note(self._frame, shown)}."
+                f"{' on image 1' if index else ''}{far_edge_note(self._frame, shown)}."
                 f"{self._box_summary()}"
             )
-            drawing = self._drawings[box.box_id]
-            if drawing is not None:
-                paint_mark(ImageDraw.Draw(self._marked[index]), drawing)
             blocks: Blocks = [{"type": "text", "text": message}]
             if self._draw_box_returns in ("image", "both"):
                 blocks.append(self._show_marked(index))
@@ -521,7 +340,7 @@ class Toolbox:
                     min(float(w), pixels[2] + mx),
                     min(float(h), pixels[3] + my),
                 )
-                blocks.append(_image(self._crop_image(index, region, self._crop_shows_boxes)))
+                blocks.append(_image(self._images.crop(index, region, self._crop_shows_boxes)))
                 self._tool_images += 1
             return blocks
 
@@ -545,8 +364,8 @@ class Toolbox:
 
         def body() -> Blocks:
             index = self._image_index(image)
-            region = self._region(x1, y1, x2, y2, index)
-            picture = self._crop_image(index, region, self._crop_shows_boxes)
+            region = as_box((x1, y1, x2, y2), self._frame, self._sizes[index])
+            picture = self._images.crop(index, region, self._crop_shows_boxes)
             self._tool_images += 1
             return [
                 {
@@ -572,9 +391,9 @@ class Toolbox:
         def body() -> Blocks:
             box = self._box(box_id)
             text = as_label("label", label)
-            old = self._set_box(DrawnBox(box.box_id, text, box.image, box.pixels))
-            new = self._drawings[box.box_id]
-            self._redraw(box.image, old and old.extent, new and new.extent)
+            relabelled = DrawnBox(box.box_id, text, box.image, box.pixels)
+            self._set_box(relabelled)
+            self._images.relabel(box.image, relabelled.mark)
             return self._after_edit(box.image, f'Box {box.box_id} is now labelled "{text}".')
 
         return self._run("label", body)
@@ -592,8 +411,7 @@ class Toolbox:
         def body() -> Blocks:
             box = self._box(box_id)
             del self._boxes[box.box_id], self._box_json[box.box_id]
-            old = self._drawings.pop(box.box_id)
-            self._redraw(box.image, old and old.extent)
+            self._images.remove(box.box_id)
             return self._after_edit(box.image, f"Box {box.box_id} removed.{self._box_summary()}")
 
         return self._run("remove_box", body)
@@ -639,7 +457,7 @@ class Toolbox:
             if "point" in result:
                 point = shown_in_frame(tuple(result["point"]), self._frame, self._sizes[0])
                 recorded.update(x=point[0], y=point[1])
-                note = _far_edge_note(self._frame, point)
+                note = far_edge_note(self._frame, point)
             shown = json.dumps(recorded)
             return _text(f"Answer recorded: {shown}{note}. The episode is over.")
 

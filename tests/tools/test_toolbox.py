@@ -308,5 +308,5 @@ def test_incremental_edits_equal_redrawing_every_box(boxes, edits):
         else:
             tb.remove_box(box_id)
     expected = tb.view_images[0].copy()
-    draw_marks(expected, [tb._working_mark(b) for b in tb.boxes])
+    draw_marks(expected, [tb._images.working_mark(b.image, b.mark) for b in tb.boxes])
     assert tb._marked_image(0).tobytes() == expected.tobytes()
