@@ -1,5 +1,6 @@
-"""Decoding pieces of the `hf` policy: an exact two-level inverse-CDF sampler and a KV-cache layer
-that grows in place. Both import torch/transformers inside, so importing this module is light.
+"""Decoding pieces of the `hf` policy: the token pick (greedy, or an exact draw from the softmax
+by rejection or by a two-level inverse CDF, after top-k / top-p) and a KV-cache layer that grows
+in place. They import torch/transformers inside, so importing this module is light.
 """
 
 from __future__ import annotations
@@ -157,3 +158,30 @@ def draw_by_rejection(logits, uniforms):
         probs = torch.softmax(logits[rest].float(), dim=-1)
         picks[rest] = draw_from(probs, uniforms[rest, 0])
     return picks
+
+
+def pick_tokens(logits, uniforms, banned, temperature: float, top_k: int, top_p: float):
+    """One token per row from next-token logits laid out [rows, vocab] (modified in place).
+
+    The `banned` token ids are never picked; temperature 0 is greedy (argmax), otherwise the
+    logits are divided by `temperature` and, with top-k (`top_k` > 0) or nucleus (`top_p` < 1)
+    filtering, drawn from the filtered softmax (`draw_from`), else by `draw_by_rejection`.
+    `uniforms` are the rows' numbers for this step, [rows, UNIFORMS_PER_STEP].
+    """
+    import torch
+
+    logits[:, banned] = float("-inf")
+    if temperature == 0:
+        return logits.argmax(-1)
+    if temperature != 1.0:
+        logits.div_(temperature)
+    if top_k > 0 or top_p < 1.0:
+        from transformers import TopKLogitsWarper, TopPLogitsWarper
+
+        rows = logits.contiguous()
+        if top_k > 0:
+            rows = TopKLogitsWarper(top_k)(None, rows)
+        if top_p < 1.0:
+            rows = TopPLogitsWarper(top_p)(None, rows)
+        return draw_from(torch.softmax(rows.float(), dim=-1), uniforms[:, 0])
+    return draw_by_rejection(logits, uniforms)
