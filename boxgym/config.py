@@ -1,7 +1,7 @@
 """One typed config for every verb: YAML sections validated by pydantic at load time.
 
 The sections (`model`, `lora`, `env`, `mixture`, `tasks`, `decoding`, `trainer`) are dataclasses
-with help text on every field (`boxgym.train.config`); `validate` checks a mapping against one
+with help text on every field (`boxgym.train.sections`); `validate` checks a mapping against one
 with pydantic, so a wrong type (`max_steps: ten`, `lora.rank: 8.5`) or an unknown key
 (`lora.rnak`) fails at load time, `--dry-run` included, with the key, what was expected and the
 closest known key. The `trainer` section is TRL's own config (`SFTConfig` / `GRPOConfig`):

@@ -91,7 +91,8 @@ def config_path(name: str) -> Path:
 
 def load_configs(settings: dict[str, Any], model: str, out: Path) -> tuple[Any, Any]:
     """The SFT and GRPO run configs, pointed at `model` and at `out`'s `sft/` and `grpo/`."""
-    from boxgym.train.config import GRPORunConfig, SFTRunConfig, load_config
+    from boxgym.train.config import load_config
+    from boxgym.train.run_configs import GRPORunConfig, SFTRunConfig
 
     sft = [*settings["sft_set"], f"model.path={model}", f"trainer.output_dir={out / 'sft'}"]
     grpo = [

@@ -74,13 +74,8 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
     import json
 
-    from boxgym.train.config import (
-        GRPORunConfig,
-        SFTRunConfig,
-        check_trainer_section,
-        describe,
-        load_config,
-    )
+    from boxgym.train.config import check_trainer_section, describe, load_config
+    from boxgym.train.run_configs import GRPORunConfig, SFTRunConfig
 
     command = getattr(args, "train_command", None)
     if command not in ("sft", "grpo"):

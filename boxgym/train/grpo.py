@@ -22,7 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from boxgym.train.config import GRPORunConfig, device_defaults, trl_args
+from boxgym.train.config import device_defaults, trl_args
+from boxgym.train.run_configs import GRPORunConfig
 
 log = logging.getLogger(__name__)
 

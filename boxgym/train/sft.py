@@ -15,7 +15,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from boxgym.train.config import SFTRunConfig, device_defaults, trl_args
+from boxgym.train.config import device_defaults, trl_args
+from boxgym.train.run_configs import SFTRunConfig
 
 log = logging.getLogger(__name__)
 

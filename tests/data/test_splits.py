@@ -10,8 +10,8 @@ from boxgym.data.loaders import load_dataset_tasks
 from boxgym.data.loaders.samples import write_sample_dataset
 from boxgym.data.splits import EVAL_SEED_BASE, row_role
 from boxgym.rollouts.suites import SUITES, suite_tasks
-from boxgym.train.config import MixtureSection, TaskSection
 from boxgym.train.mixture import DATASET_SOURCES, DEFAULT_SPLITS, _dataset_tasks
+from boxgym.train.sections import MixtureSection, TaskSection
 
 ROWS = 40  # enough rows for both sides of a hash split
 

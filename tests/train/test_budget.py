@@ -9,8 +9,9 @@ from types import SimpleNamespace
 import pytest
 
 from boxgym.train.budget import check_episode_budget
-from boxgym.train.config import GRPORunConfig, load_config
+from boxgym.train.config import load_config
 from boxgym.train.modeling import load_processor
+from boxgym.train.run_configs import GRPORunConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,5 @@
-"""Run configs: YAML + overrides, validation messages, the shipped configs, the `train` verb."""
+"""Loading run configs: YAML + overrides, validation messages, the shipped configs, the `train`
+verb."""
 
 from __future__ import annotations
 
@@ -7,16 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from boxgym.train.config import (
-    GRPORunConfig,
-    LoraSection,
-    SFTRunConfig,
-    apply_overrides,
-    describe,
-    load_config,
-    parse_yaml,
-    trl_args,
-)
+from boxgym.config import parse_yaml
+from boxgym.train.config import apply_overrides, describe, load_config, trl_args
+from boxgym.train.run_configs import GRPORunConfig, SFTRunConfig
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -98,30 +92,9 @@ def test_trainer_options_are_checked_by_trl():
         trl_args(SFTConfig, {"output_dir": "x", "learnin_rate": 1e-3})
 
 
-def test_default_lora_targets_only_the_language_model(tiny_model_path):
-    from peft import get_peft_model
-    from transformers import AutoModelForImageTextToText
-
-    model = AutoModelForImageTextToText.from_pretrained(str(tiny_model_path))
-    peft_model = get_peft_model(model, LoraSection().to_peft())
-    wrapped = {name for name, _ in peft_model.named_modules() if name.endswith(".lora_A")}
-    assert wrapped, "no module got a LoRA adapter"
-    assert all(".language_model." in name for name in wrapped)
-    projections = {name.split(".")[-2] for name in wrapped}
-    assert projections == {
-        "q_proj",
-        "k_proj",
-        "v_proj",
-        "o_proj",
-        "gate_proj",
-        "up_proj",
-        "down_proj",
-    }
-
-
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_shipped_configs_serve_the_run_verbs(name):
-    from boxgym.train.config import RunConfig
+    from boxgym.train.run_configs import RunConfig
 
     config = load_config(RunConfig, CONFIGS / name)
     assert config.env.family in ("screens", "shapes", "clutter")

@@ -192,8 +192,9 @@ def test_trl_client_generates_through_vllm_serve_with_the_vision_ban(
     from trl.generation.vllm_client import VLLMClient
 
     from boxgym.policies.prompting import load_processor, vision_token_ids
-    from boxgym.train.config import GRPORunConfig, load_config
+    from boxgym.train.config import load_config
     from boxgym.train.grpo import grpo_args
+    from boxgym.train.run_configs import GRPORunConfig
 
     processor = load_processor(tiny_model_path)
     path = grpo_config(tmp_path, tiny_model_path, use_vllm=True, vllm_mode="server")

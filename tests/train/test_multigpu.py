@@ -24,7 +24,8 @@ def test_accelerate_launch_parses_and_validates_the_zero_configs(name, stage) ->
     assert args.mixed_precision == "bf16" and args.num_processes == 2
     assert args.training_script == "boxgym.cli" and args.module
     # the script arguments are boxgym's own: they parse and the run config loads
-    from boxgym.train.config import GRPORunConfig, load_config
+    from boxgym.train.config import load_config
+    from boxgym.train.run_configs import GRPORunConfig
 
     assert args.training_script_args[:3] == ["train", "grpo", "--config"]
     loaded = load_config(GRPORunConfig, args.training_script_args[3])

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from boxgym.train.config import EnvSection, MixtureSection
+from boxgym.train.sections import EnvSection, MixtureSection
 
 ENV = EnvSection(
     family="shapes",
@@ -26,8 +26,8 @@ SEED = 7
 
 @pytest.fixture(scope="module")
 def processor(tiny_model_path):
-    from boxgym.train.config import ModelSection
     from boxgym.train.modeling import load_processor
+    from boxgym.train.sections import ModelSection
 
     return load_processor(ModelSection(path=str(tiny_model_path)))
 
@@ -57,8 +57,9 @@ def sft_encoded(processor, episode):
 @pytest.fixture(scope="module")
 def grpo_trainer(tiny_model_path, tmp_path_factory):
     """The real BoxGymGRPOTrainer (not run), its dataset starting at scene SEED."""
-    from boxgym.train.config import GRPORunConfig, ModelSection, TaskSection
     from boxgym.train.grpo import build_grpo_trainer
+    from boxgym.train.run_configs import GRPORunConfig
+    from boxgym.train.sections import ModelSection, TaskSection
 
     config = GRPORunConfig(
         model=ModelSection(path=str(tiny_model_path)),
@@ -272,7 +273,7 @@ def test_a_last_image_episode_trains_each_reply_on_the_image_it_saw(processor):
 
 
 def test_grpo_over_turns_asks_for_one_generation_per_step():
-    from boxgym.train.config import GRPORunConfig
+    from boxgym.train.run_configs import GRPORunConfig
 
     GRPORunConfig(
         env=EnvSection(env_kwargs={"image_history": "last"}), trainer={"output_dir": "runs/x"}

@@ -8,7 +8,7 @@ import pytest
 from transformers.utils import get_json_schema
 
 from boxgym.train import trl_environment as te
-from boxgym.train.config import EnvSection, TaskSection
+from boxgym.train.sections import EnvSection, TaskSection
 
 ENV = EnvSection(
     family="shapes",
