@@ -61,83 +61,17 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def start_child(
-    args: list[str], root: Path, cores: set[int] | None = None, stderr: int = subprocess.DEVNULL
-) -> subprocess.Popen:
-    """`python ARGS` from `root` with this checkout's imports and one OpenMP thread, its output
-    dropped; `cores`: the CPUs it (and every process and thread it starts) may run on."""
-    return subprocess.Popen(
-        [sys.executable, *args],
-        cwd=root,
-        env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=stderr,
-        preexec_fn=None if cores is None else (lambda: os.sched_setaffinity(0, cores)),
-    )
-
-
-def run_child(
-    argv: list[str], root: Path, cores: set[int] | None = None
-) -> tuple[float, float, int]:
-    """(CPU seconds, wall seconds, peak RSS in KB) of `python -m boxgym.cli ARGV` from `root`;
-    `cores`: the CPUs the child (and every process and thread it starts) may run on."""
-    start = time.perf_counter()
-    proc = start_child(["-m", "boxgym.cli", *argv], root, cores, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{argv} failed: {proc.stderr.read().decode()[-2000:]}")
-    proc.stderr.close()
-    return usage.ru_utime + usage.ru_stime, wall, usage.ru_maxrss
-
-
-def run_children(runs: list[tuple[list[str], set[int] | None]], root: Path) -> tuple[float, float]:
-    """(summed CPU seconds, wall seconds until the last ends) of `python -m boxgym.cli ARGV`
-    children started together, each on its own `cores` (None: any)."""
-    start = time.perf_counter()
-    procs = [start_child(["-m", "boxgym.cli", *argv], root, cores) for argv, cores in runs]
-    cpu = 0.0
-    for proc in procs:
-        _, status, usage = os.wait4(proc.pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise RuntimeError(f"{proc.args} failed")
-        cpu += usage.ru_utime + usage.ru_stime
-    return cpu, time.perf_counter() - start
-
-
-def without_storage(record: dict) -> dict:
-    """A record without its timing and storage fields (image references, recipes, run name)."""
-
-    def strip(value: object) -> object:
-        if isinstance(value, dict):
-            out = {}
-            for key, item in value.items():
-                if key in ("timing", "recipe", "run"):
-                    continue
-                if key == "image" and isinstance(item, str):
-                    continue
-                if key == "images" and isinstance(item, list):
-                    continue
-                out[key] = strip(item)
-            return out
-        if isinstance(value, list):
-            return [strip(v) for v in value]
-        return value
-
-    return strip(record)  # type: ignore[return-value]
-
-
-def same_episodes(a: Path, b: Path) -> bool:
-    def load(path: Path) -> list[str]:
-        text = path.read_text(encoding="utf-8").splitlines()
-        return sorted(
-            json.dumps(without_storage(json.loads(line)), sort_keys=True) for line in text
-        )
-
-    return load(a) == load(b)
+from harness import (
+    ROOT,
+    chromium_seconds,
+    median_interval,
+    own_cpu,
+    run_child,
+    run_children,
+    same_episodes,
+    start_child,
+)
+from scale_inputs import ReplayPolicy, photo_folder, scaled_run
 
 
 def bench_cpu(args: argparse.Namespace, work: Path) -> bool:
@@ -179,36 +113,6 @@ def bench_memory(args: argparse.Namespace, work: Path) -> bool:
     return ratio <= 1.3
 
 
-def photo_folder(folder: Path, n: int, size: tuple[int, int] = (640, 480)) -> None:
-    """n synthetic JPEG photos (a gradient with 1-4 filled boxes) and their metadata.jsonl."""
-    import random
-
-    import numpy as np
-    from PIL import Image, ImageDraw
-
-    folder.mkdir(parents=True)
-    rng = random.Random(0)
-    width, height = size
-    ramp = np.linspace(0, 1, width, dtype=np.float32)[None, :, None]
-    lines = []
-    for i in range(n):
-        low, high = np.array([rng.randrange(256) for _ in range(6)], np.float32).reshape(2, 3)
-        pixels = np.broadcast_to(low + (high - low) * ramp, (height, width, 3)).astype(np.uint8)
-        image = Image.fromarray(pixels)
-        draw = ImageDraw.Draw(image)
-        boxes = []
-        for _ in range(rng.randint(1, 4)):
-            x1, y1 = rng.randrange(width - 80), rng.randrange(height - 80)
-            box = [x1, y1, x1 + rng.randint(20, 79), y1 + rng.randint(20, 79)]
-            draw.rectangle(box, fill=tuple(rng.randrange(256) for _ in range(3)))
-            boxes.append(box)
-        name = f"photo-{i:05d}.jpg"
-        image.save(folder / name, quality=90)
-        row = {"file_name": name, "object": "boxes", "boxes": boxes, "count": len(boxes)}
-        lines.append(json.dumps(row))
-    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
-
-
 def bench_tasks_memory(args: argparse.Namespace, work: Path) -> bool:
     base = Path(args.base).resolve()
     photos = work / "photos"
@@ -241,32 +145,13 @@ def bench_tasks_memory(args: argparse.Namespace, work: Path) -> bool:
     return ratios["new"] <= 1.3 and same
 
 
-def _scaled_run(source: Path, target: Path, n: int) -> None:
-    """A finished run of n tasks made from the records of `source` (ids renamed to match)."""
-    target.mkdir(parents=True)
-    shutil.copytree(source / "images", target / "images")
-    config = json.loads((source / "run.json").read_text())
-    config["n_tasks"] = config["tasks"]["n"] = n
-    (target / "run.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    scenes, seed = config["tasks"]["scenes"], config["seed"]
-    difficulty = config["tasks"]["difficulty"]
-    lines = [json.loads(line) for line in (source / "episodes.jsonl").read_text().splitlines()]
-    with open(target / "episodes.jsonl", "w") as out:
-        for i in range(n):
-            record = lines[i % len(lines)]
-            task_id = f"{scenes[i % len(scenes)]}-{difficulty}-s{seed * 1_000_000 + i}"
-            record["key"] = {"task_id": task_id, "task_index": i, "sample": 0}
-            record["task"]["id"] = task_id
-            out.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
-
-
 def bench_resume(args: argparse.Namespace, work: Path) -> bool:
     source = work / "source"
     argv = ["episodes", "--scene", "all", "--policy", "oracle", "--no-progress"]
     run_child([*argv, "--n", str(args.source_n), "--out", str(source)], ROOT)
     times = {}
     for n in (args.small, args.large):
-        _scaled_run(source, work / f"r{n}", n)
+        scaled_run(source, work / f"r{n}", n)
         resume = [*argv, "--n", str(n), "--resume", "--out", str(work / f"r{n}")]
         cpu, wall, rss = run_child(resume, ROOT)
         times[n] = cpu
@@ -278,32 +163,6 @@ def bench_resume(args: argparse.Namespace, work: Path) -> bool:
     ratio = times[args.large] / times[args.small]
     print(f"resume: n={args.large} / n={args.small} = {ratio:.1f}x the CPU time (<= 12)")
     return ratio <= 12
-
-
-# Runs `boxgym.cli` in-process and prints the process's own CPU seconds (not its workers') last.
-_OWN_CPU = """
-import resource, sys
-from boxgym.cli import main
-code = main(sys.argv[1:])
-own = resource.getrusage(resource.RUSAGE_SELF)
-print(f"own-cpu {own.ru_utime + own.ru_stime:.3f}", file=sys.stderr)
-sys.exit(code)
-"""
-
-
-def parent_cpu(argv: list[str], root: Path) -> float:
-    """CPU seconds of the run's own process alone, without its worker processes."""
-    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", _OWN_CPU, *argv],
-        cwd=root,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        check=True,
-    )
-    return float(done.stderr.strip().splitlines()[-1].split()[1])
 
 
 def bench_workers(args: argparse.Namespace, work: Path) -> bool:
@@ -364,15 +223,13 @@ def bench_workers(args: argparse.Namespace, work: Path) -> bool:
                     flush=True,
                 )
     out = ["--out", str(work / "w2"), "--workers", "2"]
-    print(f"  parent process of 2 workers: {parent_cpu([*argv, *out], ROOT):.2f} CPU-s", flush=True)
+    print(f"  parent process of 2 workers: {own_cpu([*argv, *out], ROOT):.2f} CPU-s", flush=True)
     ratios = {}
     rng = np.random.default_rng(0)
     for way in ways:
         (walls1, cpus1), (walls2, cpus2) = (np.array(runs[way, n]).T for n in (1, 2))
         each = walls1 / walls2
-        ratios[way] = float(np.median(each))
-        boot = np.median(rng.choice(each, (10_000, len(each))), axis=1)
-        low, high = np.percentile(boot, [2.5, 97.5])
+        ratios[way], low, high = median_interval(each, rng)
         print(
             f"workers ({way}): 2 processes {args.n / np.median(walls2):.1f} ep/s, 1 process "
             f"{args.n / np.median(walls1):.1f} ep/s; ratio {ratios[way]:.2f} [{low:.2f}, "
@@ -440,19 +297,6 @@ def _page_files(run: Path) -> list[int]:
     return sorted(p.stat().st_size for p in pages.iterdir()) if pages.is_dir() else []
 
 
-def _chromium(browser: str, url: str, work: Path) -> tuple[float, str]:
-    """Wall seconds of headless Chromium loading `url`, running its script and dumping the DOM."""
-    shutil.rmtree(work / "profile", ignore_errors=True)
-    command = [
-        browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={work / 'profile'}", "--virtual-time-budget=60000", "--dump-dom", url,
-    ]  # fmt: skip
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=True)
-    return time.perf_counter() - start, done.stdout
-
-
 def _browser_load(
     browser: str, runs: dict[str, Path], args: argparse.Namespace, work: Path
 ) -> None:
@@ -461,11 +305,13 @@ def _browser_load(
     middle = json.loads((runs["new"] / "episodes.jsonl").read_text().splitlines()[args.large // 2])[
         "key"
     ]["task_id"]
-    blank, _ = _chromium(browser, "about:blank", work)
+    blank, _ = chromium_seconds(browser, "about:blank", work)
     walls: dict[str, list[float]] = {"old": [], "new": []}
     for _ in range(args.repeats):
         for name, run in runs.items():
-            wall, dom = _chromium(browser, (run / "index.html").as_uri() + f"#{middle}%230", work)
+            wall, dom = chromium_seconds(
+                browser, (run / "index.html").as_uri() + f"#{middle}%230", work
+            )
             if 'data-ready="1"' not in dom or "turn 1 · reward" not in dom:
                 raise RuntimeError(f"the {name} page did not open episode {middle}")
             walls[name].append(wall)
@@ -483,7 +329,7 @@ def bench_page(args: argparse.Namespace, work: Path) -> bool:
     argv = ["episodes", "--scene", "all", "--policy", "oracle", "--no-progress"]
     run_child([*argv, "--n", str(args.source_n), "--out", str(source)], ROOT)
     runs = {"old": work / "old", "new": work / "new"}
-    _scaled_run(source, runs["old"], args.large)
+    scaled_run(source, runs["old"], args.large)
     shutil.copytree(runs["old"], runs["new"])
     size = (runs["old"] / "episodes.jsonl").stat().st_size
     print(f"  episodes.jsonl of n={args.large}: {size / 1e6:.1f} MB")
@@ -532,35 +378,6 @@ def bench_page(args: argparse.Namespace, work: Path) -> bool:
         f"{new['view_rss_kb'] / 1024:.0f} MiB"
     )
     return True
-
-
-class ReplayPolicy:
-    """The oracle's text, replayed by a policy in the parent; with `read_images` it also reads
-    the pixels of every image it is shown, once, as a model's processor does."""
-
-    name = "oracle"
-
-    def __init__(self, read_images: bool = False) -> None:
-        import weakref
-
-        from boxgym.policies.scripted import OraclePolicy
-
-        self.inner = OraclePolicy()
-        self.read_images = read_images
-        self.seen: dict[int, weakref.ref] = {}  # id -> the image (PIL images are unhashable)
-        self._ref = weakref.ref
-
-    def act(self, conversations, tools, tasks=None):
-        for conversation in conversations if self.read_images else ():
-            for message in conversation:
-                for block in message["content"]:
-                    if isinstance(block, dict) and block.get("type") == "image":
-                        image = block["image"]
-                        known = self.seen.get(id(image))
-                        if known is None or known() is not image:
-                            image.load()  # a deferred tool image makes its pixels here
-                            self.seen[id(image)] = self._ref(image)
-        return self.inner.act(conversations, tools, tasks)
 
 
 def env_child(args: argparse.Namespace) -> None:
