@@ -13,7 +13,7 @@ torch and numpy are imported where used, so importing this module is light.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 # Prompts kept at least (4 x the policy's batch size when that is more).
@@ -219,7 +219,9 @@ class PromptCache:
             if best is not None and len(best[0]) != size:
                 layers, _delta = self.prompts[best]
                 cut = (tuple(tokens[:size]), ())
-                self._remember(cut, [(k[:, :size], v[:, :size]) for k, v in layers], 0, batch_size)
+                cut_layers = [(k[:, :size], v[:, :size]) for k, v in layers]
+                # the starts chosen for earlier rows of this batch must outlive this one
+                self._remember(cut, cut_layers, 0, batch_size, keep={*out, *shared})
                 best = cut
             out.append(best)
         return out
@@ -265,13 +267,22 @@ class PromptCache:
         return [key] * len(rows)
 
     def _remember(
-        self, key: PromptKey, layers: list[Any], rope_delta: int, batch_size: int
+        self,
+        key: PromptKey,
+        layers: list[Any],
+        rope_delta: int,
+        batch_size: int,
+        keep: Collection[PromptKey | None] = (),
     ) -> None:
-        """Keep a prompt, dropping the least recently used beyond the limit."""
+        """Keep a prompt, dropping the least recently used beyond the limit (never one in
+        `keep`, the prompts the batch being laid out continues from)."""
         self.prompts[key] = (layers, rope_delta)
         limit = max(KEPT_PROMPTS, 4 * batch_size)
+        droppable = (k for k in list(self.prompts) if k != key and k not in keep)
         while len(self.prompts) > limit:
-            dropped = next(iter(self.prompts))
+            dropped = next(droppable, None)
+            if dropped is None:
+                break
             self.prompts.pop(dropped)
             self._arrays.pop(dropped, None)
 

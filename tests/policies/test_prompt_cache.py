@@ -69,3 +69,21 @@ def test_an_image_free_start_is_cut_from_a_longer_kept_prompt(with_image):
     full_keys, _ = kept.prompts[((3, 4, 5, 6, 8), ())][0][0]
     assert keys.shape == (2, 3, 4) and torch.equal(keys, full_keys[:, :3])
     assert torch.equal(values, -keys)
+
+
+def test_a_start_chosen_for_one_row_outlives_the_cuts_made_for_the_next_rows():
+    """A full cache: row 0 continues the least recently used prompt, and the starts cut for
+    the rows after it must not push that prompt out before the batch is laid out."""
+    import torch
+
+    kept = cache()
+    kept._remember(((3, 4, 5, 6), ()), layers(4), 0, batch_size=1)  # the oldest
+    for i in range(KEPT_PROMPTS - 1):
+        kept._remember(((50 + i, 1, 2, 3, 4), ()), layers(5), 0, batch_size=1)
+    rows = [((3, 4, 5, 6, 1), ()), *[((50 + i, 1, 2, 9, 9), ()) for i in range(8)]]
+    vision = [torch.tensor([t == VISION for t in row]) for row, _ in rows]
+    starts = kept._image_free_starts(rows, vision, 1)
+    assert starts[0] == ((3, 4, 5, 6), ())
+    assert starts[1:] == [((50 + i, 1, 2), ()) for i in range(8)]
+    assert all(start in kept.prompts for start in starts)
+    assert len(kept.prompts) == KEPT_PROMPTS
