@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from boxgym.choices import DIFFICULTY_NAMES, SCENE_FAMILY_NAMES
 from boxgym.errors import UserError, report_failures
 from boxgym.rollouts.session import (  # noqa: F401 - importable from here, as before
     execute_run,
@@ -27,7 +28,6 @@ from boxgym.rollouts.session import (  # noqa: F401 - importable from here, as b
     write_run_outputs,
 )
 
-SCENE_FAMILY_NAMES = ("screens", "shapes", "clutter")
 # Episodes in flight by default. The lockstep runner stores an episode when it ends; with hf on
 # a CPU one turn of 64 conversations takes minutes, so fewer live episodes get results on disk
 # (and on the progress bar) sooner, at little cost to the batch's throughput.
@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
     )
     parser.add_argument(
         "--difficulty",
-        choices=("easy", "medium", "hard"),
+        choices=DIFFICULTY_NAMES,
         help="scene difficulty (default: the config's env.difficulty, else easy)",
     )
     parser.add_argument(

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from boxgym.choices import SCENE_FAMILY_NAMES
 from boxgym.data.splits import EVAL_SEED_BASE
 from boxgym.errors import UserError
 
@@ -55,7 +56,7 @@ class Suite:
 
 def _scene_suites() -> dict[str, Suite]:
     suites = {}
-    for f_index, family in enumerate(("screens", "shapes", "clutter")):
+    for f_index, family in enumerate(SCENE_FAMILY_NAMES):
         for l_index, level in enumerate(("easy", "hard")):
             name = f"{family}-{level}"
             suites[name] = Suite(

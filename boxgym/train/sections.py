@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from boxgym.choices import DIFFICULTY_NAMES, DTYPES, SCENE_FAMILY_NAMES
 from boxgym.config import typed_section
 from boxgym.errors import describe_value
 
@@ -18,11 +19,6 @@ from boxgym.errors import describe_value
 LANGUAGE_MODEL_TARGETS = (
     r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 )
-
-
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-SCENE_FAMILIES = ("screens", "shapes", "clutter")
-LEVELS = ("easy", "medium", "hard")
 
 
 @typed_section
@@ -146,10 +142,11 @@ class EnvSection:
     """The environment episodes run in (scripted SFT episodes and GRPO rollouts)."""
 
     family: str = field(
-        default="shapes", metadata={"help": f"Procedural scene family, one of {SCENE_FAMILIES}."}
+        default="shapes",
+        metadata={"help": f"Procedural scene family, one of {SCENE_FAMILY_NAMES}."},
     )
     difficulty: str = field(
-        default="easy", metadata={"help": f"Scene difficulty, one of {LEVELS}."}
+        default="easy", metadata={"help": f"Scene difficulty, one of {DIFFICULTY_NAMES}."}
     )
     scene_knobs: dict[str, Any] = field(
         default_factory=dict,
@@ -167,13 +164,13 @@ class EnvSection:
     )
 
     def __post_init__(self) -> None:
-        if self.family not in SCENE_FAMILIES:
+        if self.family not in SCENE_FAMILY_NAMES:
             raise ValueError(
-                f"env.family must be one of {SCENE_FAMILIES}, got {describe_value(self.family)}"
+                f"env.family must be one of {SCENE_FAMILY_NAMES}, got {describe_value(self.family)}"
             )
-        if self.difficulty not in LEVELS:
+        if self.difficulty not in DIFFICULTY_NAMES:
             raise ValueError(
-                f"env.difficulty must be one of {LEVELS}, got {describe_value(self.difficulty)}"
+                f"env.difficulty must be one of {DIFFICULTY_NAMES}, got {describe_value(self.difficulty)}"
             )
         import dataclasses
         import difflib
