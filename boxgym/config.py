@@ -1,7 +1,7 @@
 """One typed config for every verb: YAML sections validated by pydantic at load time.
 
 The sections (`model`, `lora`, `env`, `mixture`, `tasks`, `decoding`, `trainer`) are dataclasses
-with help text on every field (`boxgym.train.sections`); `validate` checks a mapping against one
+with help text on every field (`boxgym.sections`); `validate` checks a mapping against one
 with pydantic, so a wrong type (`max_steps: ten`, `lora.rank: 8.5`) or an unknown key
 (`lora.rnak`) fails at load time, `--dry-run` included, with the key, what was expected and the
 closest known key. The `trainer` section is TRL's own config (`SFTConfig` / `GRPOConfig`):
@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import re
 import typing
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -223,3 +224,66 @@ def describe(cls: type, prefix: str = "") -> list[str]:
 def _type_name(kind: Any) -> str:
     text = getattr(kind, "__name__", None) if isinstance(kind, type) else None
     return text or str(kind).replace("typing.", "")
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `key.sub=value` overrides (values parsed as YAML) to a nested mapping in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(
+                f"override {item[:80]!r} must look like key=value (e.g. trainer.max_steps=5)"
+            )
+        path, raw = item.split("=", 1)
+        keys = [k for k in path.strip().split(".") if k]
+        if not keys:
+            raise ValueError(f"override {item[:80]!r} has an empty key")
+        node = data
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"override {path.strip()!r}: {key!r} is not a section")
+            node = child
+        try:
+            node[keys[-1]] = parse_yaml(raw) if raw.strip() else None
+        except ConfigError as error:
+            raise ConfigError(f"--set {path.strip()}: {error}") from None
+    return data
+
+
+def read_config(path: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The mapping a YAML config file holds (empty without one), with `--set` overrides applied.
+
+    Raises:
+        ConfigError: a missing file, a folder, a file whose top level is no mapping, or YAML
+            past the bounds; the message names the file or key and the fix.
+        yaml.YAMLError: a file that is not YAML (a tab, say); `boxgym.errors.explain` turns it
+            into one line with the position.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        file = Path(path)
+        if file.is_dir():
+            raise ConfigError(
+                f"config {str(file)!r} is a folder; give a YAML file (configs/*.yaml)"
+            )
+        if not file.is_file():
+            raise ConfigError(f"config file {str(file)!r} does not exist; check the path")
+        try:
+            loaded = parse_yaml(file.read_text(encoding="utf-8")) or {}
+        except ConfigError as error:
+            raise ConfigError(f"config file {str(file)!r}: {error}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(file)!r} must hold a mapping at the top level")
+        data = loaded
+    apply_overrides(data, list(overrides or []))
+    return data
+
+
+def load_config(cls: type, path: str | Path | None, overrides: list[str] | None = None) -> Any:
+    """Read a YAML config and its `--set` overrides (`read_config`) and validate it as `cls`.
+
+    Raises:
+        ConfigError: as `read_config`, or a key or value `cls` refuses (naming it and the fix).
+        yaml.YAMLError: a file that is not YAML.
+    """
+    return validate(cls, read_config(path, overrides))

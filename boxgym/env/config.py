@@ -40,8 +40,13 @@ class EnvConfig:
     max_action_chars: int = field(
         default=8000, metadata={"help": "characters of a reply that are parsed"}
     )
-    coordinate_frame: str = field(default="qwen", metadata={"help": f"one of {FRAMES}"})
-    draw_box_returns: str = field(default="image", metadata={"help": f"one of {DRAW_BOX_RETURNS}"})
+    coordinate_frame: str = field(
+        default="qwen",
+        metadata={"help": "coordinate frame (default qwen)", "choices": FRAMES, "flag": "--frame"},
+    )
+    draw_box_returns: str = field(
+        default="image", metadata={"help": "what draw_box shows", "choices": DRAW_BOX_RETURNS}
+    )
     crop_shows_boxes: bool = field(default=True, metadata={"help": "draw live boxes on crops"})
     image_history: str = field(
         default="last",
@@ -71,7 +76,11 @@ class EnvConfig:
         metadata={"help": "area cap of a crop (max_image_pixels caps it too)"},
     )
     system_prompt: bool = field(
-        default=True, metadata={"help": "start with a system message of instructions"}
+        default=True,
+        metadata={
+            "help": "start with a system message of instructions",
+            "flag_help": "start without the system message",
+        },
     )
     reward: RewardConfig = field(
         default_factory=RewardConfig, metadata={"help": "reward weights and switches"}

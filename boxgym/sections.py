@@ -1,8 +1,9 @@
 """The typed sections of a run config: `model`, `lora`, `env`, `mixture`, `tasks`, `decoding`.
 
 Each is a dataclass with help text on every field, validated by pydantic when a config is
-loaded (`boxgym.train.config.load_config`); `__post_init__` refuses bad values with a message
-that names the key and the fix. The run configs that hold them are in `boxgym.train.run_configs`.
+loaded (`boxgym.config.load_config`); `__post_init__` refuses bad values with a message that
+names the key and the fix. Every verb reads the same sections: the run verbs' config is
+`boxgym.rollouts.options.RunConfig`, training's `boxgym.train.run_configs`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from boxgym.choices import DIFFICULTY_NAMES, DTYPES, SCENE_FAMILY_NAMES
+from boxgym.choices import DIFFICULTY_NAMES, DTYPES, MIXTURE_SOURCES, SCENE_FAMILY_NAMES
 from boxgym.config import typed_section
 from boxgym.errors import describe_value
 
@@ -237,8 +238,6 @@ class MixtureSection:
     )
 
     def __post_init__(self) -> None:
-        from boxgym.train.mixture import SOURCES
-
         if self.num_examples < 1:
             raise ValueError(f"mixture.num_examples must be >= 1, got {self.num_examples}")
         from boxgym.data.splits import check_training_seeds
@@ -246,10 +245,10 @@ class MixtureSection:
         # build_mixture tries at most 20 * count + 100 seeds per scripted source
         last = self.first_scene_seed + 20 * self.num_examples + 100
         check_training_seeds("mixture", self.first_scene_seed, last)
-        unknown = set(self.weights) - set(SOURCES)
+        unknown = set(self.weights) - set(MIXTURE_SOURCES)
         if unknown:
             raise ValueError(
-                f"mixture.weights has unknown sources {sorted(unknown)}; known: {SOURCES}"
+                f"mixture.weights has unknown sources {sorted(unknown)}; known: {MIXTURE_SOURCES}"
             )
         if any(w < 0 for w in self.weights.values()) or sum(self.weights.values()) <= 0:
             raise ValueError("mixture.weights must be >= 0 with a positive sum")

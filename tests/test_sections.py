@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from boxgym.train.sections import (
+from boxgym.sections import (
     DecodingSection,
     EnvSection,
     LoraSection,
