@@ -14,11 +14,12 @@ import dataclasses
 import difflib
 import re
 import typing
+from collections.abc import Collection
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic import ConfigDict, Field, Strict, TypeAdapter, ValidationError
 
 from boxgym.errors import UserError, describe_value
 
@@ -287,3 +288,54 @@ def load_config(cls: type, path: str | Path | None, overrides: list[str] | None 
         yaml.YAMLError: a file that is not YAML.
     """
     return validate(cls, read_config(path, overrides))
+
+
+# Field types for options given in Python, YAML or flags alike: strict (no "8" for 8, no 1 for
+# true, no true for 1), with their bounds, checked by `check_fields`.
+PositiveInt = Annotated[int, Strict(), Field(ge=1)]
+WholeNumber = Annotated[int, Strict(), Field(ge=0)]
+Weight = Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)]
+Switch = Annotated[bool, Strict()]
+Text = Annotated[str, Strict()]
+
+_FIELD_ADAPTERS: dict[type, dict[str, TypeAdapter]] = {}
+
+
+def check_fields(instance: Any, skip: Collection[str] = ()) -> None:
+    """Check each field of the dataclass `instance` against its annotation (pydantic; the types
+    above carry the bounds) and store the validated value (a YAML list for a tuple field becomes
+    a tuple). Call it from `__post_init__`; the cross-field checks follow it.
+
+    Raises:
+        ValueError: one line naming the first bad field, what it should be and what it got.
+    """
+    cls = type(instance)
+    if cls not in _FIELD_ADAPTERS:
+        hints = typing.get_type_hints(cls, include_extras=True)
+        _FIELD_ADAPTERS[cls] = {f.name: TypeAdapter(hints[f.name]) for f in dataclasses.fields(cls)}
+    for name, adapter in _FIELD_ADAPTERS[cls].items():
+        if name in skip:
+            continue
+        value = getattr(instance, name)
+        try:
+            setattr(instance, name, adapter.validate_python(value))
+        except ValidationError as error:
+            message = str(error.errors()[0].get("msg", "is invalid"))
+            message = message.replace("Input should", "should", 1)
+            raise ValueError(
+                f"{cls.__name__}.{name} {message}, got {describe_value(value)}"
+            ) from None
+
+
+def unknown_keys(cls: type, keys: Collection[str]) -> str | None:
+    """A one-line complaint about the keys that are no field of the dataclass `cls`, with the
+    closest field for each; None when every key is one."""
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(keys) - set(known))
+    if not unknown:
+        return None
+    parts = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, known, n=1)
+        parts.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+    return f"unknown {cls.__name__} field(s) {', '.join(parts)}; known: {', '.join(known)}"

@@ -173,21 +173,31 @@ class EnvSection:
             raise ValueError(
                 f"env.difficulty must be one of {DIFFICULTY_NAMES}, got {describe_value(self.difficulty)}"
             )
-        import dataclasses
-        import difflib
+        self.env_config()  # every env and reward option checked now, at load time
 
+    def env_config(self) -> Any:
+        """The `EnvConfig` (with its `RewardConfig`) that `env_kwargs` and `reward_kwargs` set.
+
+        Raises:
+            ValueError: an unknown key (with the closest known one) or a bad value, named as
+                the config's key (`env.env_kwargs.max_turns`).
+        """
+        from boxgym.config import unknown_keys
         from boxgym.env.config import EnvConfig
         from boxgym.env.rewards import RewardConfig
 
         for name, options in (("env_kwargs", EnvConfig), ("reward_kwargs", RewardConfig)):
-            known = [f.name for f in dataclasses.fields(options)]
-            for key in getattr(self, name):
-                if key not in known:
-                    close = difflib.get_close_matches(key, known, n=1)
-                    hint = f"; did you mean {close[0]!r}?" if close else f"; known: {known}"
-                    raise ValueError(
-                        f"env.{name}.{key} is not an option of {options.__name__}{hint}"
-                    )
+            problem = unknown_keys(options, getattr(self, name))
+            if problem:
+                raise ValueError(f"env.{name}: {problem}")
+        try:
+            reward = RewardConfig(**self.reward_kwargs)
+        except ValueError as error:
+            raise ValueError(f"env.reward_kwargs: {error}") from None
+        try:
+            return EnvConfig(**self.env_kwargs, reward=reward)
+        except ValueError as error:
+            raise ValueError(f"env.env_kwargs: {error}") from None
 
 
 @typed_section

@@ -17,7 +17,12 @@ from boxgym.sections import (
     ("make", "message"),
     [
         (lambda: EnvSection(env_kwargs={"max_turn": 3}), "did you mean 'max_turns'"),
-        (lambda: EnvSection(reward_kwargs={"kittens": 1}), "not an option of RewardConfig"),
+        (lambda: EnvSection(reward_kwargs={"kittens": 1}), "unknown RewardConfig field"),
+        (lambda: EnvSection(env_kwargs={"max_turns": 0}), "env.env_kwargs: EnvConfig.max_turns"),
+        (
+            lambda: EnvSection(reward_kwargs={"format": "high"}),
+            "env.reward_kwargs: RewardConfig.format",
+        ),
         (lambda: EnvSection(difficulty="brutal"), "env.difficulty must be one of"),
         (
             lambda: ModelSection(image_min_pixels=3136, image_max_pixels=1568),

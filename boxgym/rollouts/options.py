@@ -17,8 +17,6 @@ from typing import Any, Literal
 from boxgym.choices import DIFFICULTY_NAMES, DTYPES
 from boxgym.config import load_config, typed_section, validate
 from boxgym.env.config import EnvConfig
-from boxgym.env.rewards import RewardConfig
-from boxgym.errors import UserError
 from boxgym.flags import given
 from boxgym.sections import (
     DecodingSection,
@@ -281,7 +279,8 @@ def build_run_settings(args: argparse.Namespace) -> RunSettings:
     flag gave, and the fields' defaults for the rest.
 
     Raises:
-        UserError: a bad config key or value, or env options `EnvConfig` refuses.
+        UserError: a bad config key or value (`ConfigError`).
+        ValueError: an env flag `EnvConfig` refuses.
     """
     config = read_run_config(args)
     session = validate(SessionOptions, given(SessionOptions, args))
@@ -304,17 +303,9 @@ def build_run_settings(args: argparse.Namespace) -> RunSettings:
         }
         if config.tasks.columns:
             source_base["columns"] = ",".join(f"{k}={v}" for k, v in config.tasks.columns.items())
-        env_kwargs, reward_kwargs = config.env.env_kwargs, config.env.reward_kwargs
-    else:
-        env_kwargs, reward_kwargs = {}, {}
     policy = validate(PolicyOptions, {**_set(policy_base), **from_flags})
     source = validate(TaskSource, {**_set(source_base), **source_flags})
-    try:
-        env = EnvConfig(**env_kwargs, reward=RewardConfig(**reward_kwargs))
-    except TypeError as error:  # an unknown key in env_kwargs / reward_kwargs
-        raise UserError(
-            f"bad env.env_kwargs or env.reward_kwargs in the config: {error}"
-        ) from error
+    env = config.env.env_config() if config is not None else EnvConfig()
     env = env.replace(**given(EnvConfig, args))
     return RunSettings(session=session, policy=policy, env=env, source=source)
 

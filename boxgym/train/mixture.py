@@ -61,10 +61,9 @@ def source_counts(total: int, weights: dict[str, float]) -> dict[str, int]:
 
 def make_env(env_section: Any) -> Any:
     """A `BoxGymEnv` configured by the `env` section."""
-    from boxgym.env import BoxGymEnv, EnvConfig, RewardConfig
+    from boxgym.env import BoxGymEnv
 
-    config = EnvConfig(**env_section.env_kwargs, reward=RewardConfig(**env_section.reward_kwargs))
-    return BoxGymEnv(config=config)
+    return BoxGymEnv(config=env_section.env_config())
 
 
 def scene_task(env_section: Any, seed: int) -> Any:

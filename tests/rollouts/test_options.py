@@ -100,5 +100,7 @@ def test_flags_win_and_the_config_fills_the_rest(tmp_path):
 def test_a_bad_env_value_is_refused():
     with pytest.raises(ValueError, match="max_calls_per_turn"):
         settings("rollout", "--out", "x", "--max-calls-per-turn", "5", "--max-calls", "2")
-    with pytest.raises(UserError, match=r"env\.env_kwargs\.max_turnz"):
+    with pytest.raises(
+        UserError, match=r"env\.env_kwargs: .*'max_turnz' \(did you mean 'max_turns'\?\)"
+    ):
         settings("rollout", "--out", "x", "--set", "env.env_kwargs.max_turnz=3")
