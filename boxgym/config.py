@@ -329,13 +329,16 @@ def check_fields(instance: Any, skip: Collection[str] = ()) -> None:
 
 def unknown_keys(cls: type, keys: Collection[str]) -> str | None:
     """A one-line complaint about the keys that are no field of the dataclass `cls`, with the
-    closest field for each; None when every key is one."""
+    closest field for each (and every field where one key has none); None when every key is a
+    field."""
     known = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(keys) - set(known))
     if not unknown:
         return None
-    parts = []
+    parts, guessed = [], True
     for key in unknown:
         close = difflib.get_close_matches(key, known, n=1)
         parts.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
-    return f"unknown {cls.__name__} field(s) {', '.join(parts)}; known: {', '.join(known)}"
+        guessed = guessed and bool(close)
+    listed = "" if guessed else f"; known: {', '.join(known)}"
+    return f"unknown {cls.__name__} field(s) {', '.join(parts)}{listed}"
