@@ -384,13 +384,14 @@ def env_child(args: argparse.Namespace) -> None:
     """One env-workers run (in a child process): `args.workers` env workers, 0 for none."""
     import contextlib
 
+    from boxgym.choices import SCENE_FAMILY_NAMES
     from boxgym.env import EnvConfig
     from boxgym.rollouts.commands import make_env_factory, scene_tasks
     from boxgym.rollouts.env_host import ProcessEnvHost
     from boxgym.rollouts.runner import run_rollouts
     from boxgym.rollouts.store import EpisodeStore
 
-    tasks = scene_tasks(["screens", "shapes", "clutter"], args.n, 0, args.difficulty)
+    tasks = scene_tasks(list(SCENE_FAMILY_NAMES), args.n, 0, args.difficulty)
     make_env = make_env_factory(EnvConfig())
     with EpisodeStore(args.out) as store, contextlib.ExitStack() as stack:
         host = None

@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="run directory (default: a temporary one, removed after)")
     args = parser.parse_args(argv)
 
+    from boxgym.choices import SCENE_FAMILY_NAMES
     from boxgym.env import BoxGymEnv, EnvConfig
     from boxgym.policies.registry import make_policy
     from boxgym.rollouts.commands import scene_tasks
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from boxgym.rollouts.store import EpisodeStore, read_episodes
 
     n_tasks = max(1, args.episodes // args.group_size)
-    tasks = scene_tasks(["screens", "shapes", "clutter"], n_tasks, seed=0, difficulty="easy")
+    tasks = scene_tasks(list(SCENE_FAMILY_NAMES), n_tasks, seed=0, difficulty="easy")
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench_rollouts_"))
     if out.exists():
         shutil.rmtree(out)

@@ -1,7 +1,7 @@
 """One typed config for every verb: YAML sections validated by pydantic at load time.
 
 The sections (`model`, `lora`, `env`, `mixture`, `tasks`, `decoding`, `trainer`) are dataclasses
-with help text on every field (`boxgym.train.sections`); `validate` checks a mapping against one
+with help text on every field (`boxgym.sections`); `validate` checks a mapping against one
 with pydantic, so a wrong type (`max_steps: ten`, `lora.rank: 8.5`) or an unknown key
 (`lora.rnak`) fails at load time, `--dry-run` included, with the key, what was expected and the
 closest known key. The `trainer` section is TRL's own config (`SFTConfig` / `GRPOConfig`):
@@ -14,10 +14,12 @@ import dataclasses
 import difflib
 import re
 import typing
-from typing import Any
+from collections.abc import Collection
+from pathlib import Path
+from typing import Annotated, Any
 
 import yaml
-from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic import ConfigDict, Field, Strict, TypeAdapter, ValidationError
 
 from boxgym.errors import UserError, describe_value
 
@@ -223,3 +225,120 @@ def describe(cls: type, prefix: str = "") -> list[str]:
 def _type_name(kind: Any) -> str:
     text = getattr(kind, "__name__", None) if isinstance(kind, type) else None
     return text or str(kind).replace("typing.", "")
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `key.sub=value` overrides (values parsed as YAML) to a nested mapping in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(
+                f"override {item[:80]!r} must look like key=value (e.g. trainer.max_steps=5)"
+            )
+        path, raw = item.split("=", 1)
+        keys = [k for k in path.strip().split(".") if k]
+        if not keys:
+            raise ValueError(f"override {item[:80]!r} has an empty key")
+        node = data
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"override {path.strip()!r}: {key!r} is not a section")
+            node = child
+        try:
+            node[keys[-1]] = parse_yaml(raw) if raw.strip() else None
+        except ConfigError as error:
+            raise ConfigError(f"--set {path.strip()}: {error}") from None
+    return data
+
+
+def read_config(path: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The mapping a YAML config file holds (empty without one), with `--set` overrides applied.
+
+    Raises:
+        ConfigError: a missing file, a folder, a file whose top level is no mapping, or YAML
+            past the bounds; the message names the file or key and the fix.
+        yaml.YAMLError: a file that is not YAML (a tab, say); `boxgym.errors.explain` turns it
+            into one line with the position.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        file = Path(path)
+        if file.is_dir():
+            raise ConfigError(
+                f"config {str(file)!r} is a folder; give a YAML file (configs/*.yaml)"
+            )
+        if not file.is_file():
+            raise ConfigError(f"config file {str(file)!r} does not exist; check the path")
+        try:
+            loaded = parse_yaml(file.read_text(encoding="utf-8")) or {}
+        except ConfigError as error:
+            raise ConfigError(f"config file {str(file)!r}: {error}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(file)!r} must hold a mapping at the top level")
+        data = loaded
+    apply_overrides(data, list(overrides or []))
+    return data
+
+
+def load_config(cls: type, path: str | Path | None, overrides: list[str] | None = None) -> Any:
+    """Read a YAML config and its `--set` overrides (`read_config`) and validate it as `cls`.
+
+    Raises:
+        ConfigError: as `read_config`, or a key or value `cls` refuses (naming it and the fix).
+        yaml.YAMLError: a file that is not YAML.
+    """
+    return validate(cls, read_config(path, overrides))
+
+
+# Field types for options given in Python, YAML or flags alike: strict (no "8" for 8, no 1 for
+# true, no true for 1), with their bounds, checked by `check_fields`.
+PositiveInt = Annotated[int, Strict(), Field(ge=1)]
+WholeNumber = Annotated[int, Strict(), Field(ge=0)]
+Weight = Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)]
+Switch = Annotated[bool, Strict()]
+Text = Annotated[str, Strict()]
+
+_FIELD_ADAPTERS: dict[type, dict[str, TypeAdapter]] = {}
+
+
+def check_fields(instance: Any, skip: Collection[str] = ()) -> None:
+    """Check each field of the dataclass `instance` against its annotation (pydantic; the types
+    above carry the bounds) and store the validated value (a YAML list for a tuple field becomes
+    a tuple). Call it from `__post_init__`; the cross-field checks follow it.
+
+    Raises:
+        ValueError: one line naming the first bad field, what it should be and what it got.
+    """
+    cls = type(instance)
+    if cls not in _FIELD_ADAPTERS:
+        hints = typing.get_type_hints(cls, include_extras=True)
+        _FIELD_ADAPTERS[cls] = {f.name: TypeAdapter(hints[f.name]) for f in dataclasses.fields(cls)}
+    for name, adapter in _FIELD_ADAPTERS[cls].items():
+        if name in skip:
+            continue
+        value = getattr(instance, name)
+        try:
+            setattr(instance, name, adapter.validate_python(value))
+        except ValidationError as error:
+            message = str(error.errors()[0].get("msg", "is invalid"))
+            message = message.replace("Input should", "should", 1)
+            raise ValueError(
+                f"{cls.__name__}.{name} {message}, got {describe_value(value)}"
+            ) from None
+
+
+def unknown_keys(cls: type, keys: Collection[str]) -> str | None:
+    """A one-line complaint about the keys that are no field of the dataclass `cls`, with the
+    closest field for each (and every field where one key has none); None when every key is a
+    field."""
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(keys) - set(known))
+    if not unknown:
+        return None
+    parts, guessed = [], True
+    for key in unknown:
+        close = difflib.get_close_matches(key, known, n=1)
+        parts.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+        guessed = guessed and bool(close)
+    listed = "" if guessed else f"; known: {', '.join(known)}"
+    return f"unknown {cls.__name__} field(s) {', '.join(parts)}{listed}"

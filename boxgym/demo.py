@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from boxgym.choices import DIFFICULTY_NAMES
+
 POLICIES = ("oracle", "noisy", "random")
 COLUMNS = (
     ("reward", "reward"),
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--group-size", type=int, default=2, help="samples per task")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--difficulty", default="easy", choices=("easy", "medium", "hard"))
+    parser.add_argument("--difficulty", default="easy", choices=DIFFICULTY_NAMES)
     args = parser.parse_args(argv)
     start = time.perf_counter()
     out = Path(args.out)

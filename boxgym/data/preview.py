@@ -18,12 +18,13 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from boxgym.choices import DIFFICULTY_NAMES, SCENE_FAMILY_NAMES
 from boxgym.tools.canvas import PALETTE
 
 # The tools' palette (the first twelve colours), so ground truth and model boxes look alike.
 BOX_COLOURS: tuple[tuple[int, int, int], ...] = PALETTE[:12]
 DISTRACTOR_COLOUR = (150, 150, 150)
-FAMILY_CHOICES = ("screens", "shapes", "clutter", "all")
+FAMILY_CHOICES = (*SCENE_FAMILY_NAMES, "all")
 MAX_SCENES = 100_000  # per family: a bound on what one command writes
 DENSE = 20  # above this many objects, tags show only the number (labels are in tasks.jsonl)
 
@@ -141,7 +142,7 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
     parser.add_argument("--n", type=int, default=8, help="scenes per family (default 8)")
     parser.add_argument("--seed", type=int, default=0, help="first seed; scenes use seed..seed+n-1")
     parser.add_argument(
-        "--difficulty", choices=("easy", "medium", "hard"), default="easy", help="knob preset"
+        "--difficulty", choices=DIFFICULTY_NAMES, default="easy", help="knob preset"
     )
     parser.add_argument(
         "--knob",

@@ -8,8 +8,9 @@ protocol (every box, then the answer, in one reply) is `ONE_REPLY`.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Literal
 
+from boxgym.config import PositiveInt, Switch, check_fields, unknown_keys
 from boxgym.env.rewards import RewardConfig
 from boxgym.tools.canvas import MARK_STYLES, PATCH
 from boxgym.tools.frames import FRAMES
@@ -29,49 +30,66 @@ IMAGE_HISTORIES: tuple[str, ...] = ("all", "last")
 
 @dataclass
 class EnvConfig:
-    """Limits and options of a `BoxGymEnv` (all explicit; `from_dict` reads YAML mappings)."""
+    """Limits and options of a `BoxGymEnv` (all explicit; `from_dict` reads YAML mappings).
 
-    max_turns: int = field(default=100, metadata={"help": "assistant turns before truncation"})
-    max_calls_per_turn: int = field(
+    Each field is checked against its annotation (`boxgym.config.check_fields`: strict types
+    and bounds); `__post_init__` adds the checks that relate fields.
+    """
+
+    max_turns: PositiveInt = field(
+        default=100, metadata={"help": "assistant turns before truncation"}
+    )
+    max_calls_per_turn: PositiveInt = field(
         default=1, metadata={"help": "calls run per turn; the rest are refused"}
     )
-    max_calls: int = field(default=100, metadata={"help": "calls per episode before truncation"})
-    max_boxes: int = field(default=100, metadata={"help": "live boxes at once"})
-    max_action_chars: int = field(
+    max_calls: PositiveInt = field(
+        default=100, metadata={"help": "calls per episode before truncation"}
+    )
+    max_boxes: PositiveInt = field(default=100, metadata={"help": "live boxes at once"})
+    max_action_chars: PositiveInt = field(
         default=8000, metadata={"help": "characters of a reply that are parsed"}
     )
-    coordinate_frame: str = field(default="qwen", metadata={"help": f"one of {FRAMES}"})
-    draw_box_returns: str = field(default="image", metadata={"help": f"one of {DRAW_BOX_RETURNS}"})
-    crop_shows_boxes: bool = field(default=True, metadata={"help": "draw live boxes on crops"})
-    image_history: str = field(
+    coordinate_frame: Literal[FRAMES] = field(
+        default="qwen",
+        metadata={"help": "coordinate frame (default qwen)", "flag": "--frame"},
+    )
+    draw_box_returns: Literal[DRAW_BOX_RETURNS] = field(
+        default="image", metadata={"help": "what draw_box shows"}
+    )
+    crop_shows_boxes: Switch = field(default=True, metadata={"help": "draw live boxes on crops"})
+    image_history: Literal[IMAGE_HISTORIES] = field(
         default="last",
         metadata={"help": f"images kept in the conversation: one of {IMAGE_HISTORIES}"},
     )
-    mark_style: str = field(
+    mark_style: Literal[MARK_STYLES] = field(
         default="tag", metadata={"help": f"how boxes are drawn: one of {MARK_STYLES}"}
     )
-    box_count_text: bool = field(
+    box_count_text: Switch = field(
         default=True,
         metadata={
             "help": 'draw_box says the box number and "N boxes so far" (off: the marks only)'
         },
     )
-    max_image_pixels: int = field(
+    max_image_pixels: PositiveInt = field(
         default=DEFAULT_MAX_IMAGE_PIXELS,
         metadata={"help": "area cap of every image shown (patch grid)"},
     )
-    min_image_pixels: int = field(
+    min_image_pixels: PositiveInt = field(
         default=DEFAULT_MIN_IMAGE_PIXELS, metadata={"help": "area floor of every image"}
     )
-    crop_min_side: int = field(
+    crop_min_side: PositiveInt = field(
         default=DEFAULT_CROP_MIN_SIDE, metadata={"help": "crops are upscaled to this short side"}
     )
-    crop_max_pixels: int = field(
+    crop_max_pixels: PositiveInt = field(
         default=DEFAULT_CROP_MAX_PIXELS,
         metadata={"help": "area cap of a crop (max_image_pixels caps it too)"},
     )
-    system_prompt: bool = field(
-        default=True, metadata={"help": "start with a system message of instructions"}
+    system_prompt: Switch = field(
+        default=True,
+        metadata={
+            "help": "start with a system message of instructions",
+            "flag_help": "start without the system message",
+        },
     )
     reward: RewardConfig = field(
         default_factory=RewardConfig, metadata={"help": "reward weights and switches"}
@@ -84,40 +102,7 @@ class EnvConfig:
             raise ValueError(
                 f"EnvConfig.reward must be a RewardConfig or a mapping, got {type(self.reward).__name__}"
             )
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.type in (int, "int") and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
-            ):
-                raise ValueError(
-                    f"EnvConfig.{f.name} must be a positive integer (e.g. {f.default}), "
-                    f"got {value!r} ({type(value).__name__})"
-                )
-            if f.type in (bool, "bool") and not isinstance(value, bool):
-                raise ValueError(
-                    f"EnvConfig.{f.name} must be a boolean (true or false, unquoted in YAML), "
-                    f"got {value!r} ({type(value).__name__})"
-                )
-            if f.type in (str, "str") and not isinstance(value, str):
-                raise ValueError(
-                    f"EnvConfig.{f.name} must be a string, got {value!r} ({type(value).__name__})"
-                )
-        if self.coordinate_frame not in FRAMES:
-            raise ValueError(
-                f"EnvConfig.coordinate_frame must be one of {FRAMES}, got {self.coordinate_frame!r}"
-            )
-        if self.draw_box_returns not in DRAW_BOX_RETURNS:
-            raise ValueError(
-                f"EnvConfig.draw_box_returns must be one of {DRAW_BOX_RETURNS}, got {self.draw_box_returns!r}"
-            )
-        if self.image_history not in IMAGE_HISTORIES:
-            raise ValueError(
-                f"EnvConfig.image_history must be one of {IMAGE_HISTORIES}, got {self.image_history!r}"
-            )
-        if self.mark_style not in MARK_STYLES:
-            raise ValueError(
-                f"EnvConfig.mark_style must be one of {MARK_STYLES}, got {self.mark_style!r}"
-            )
+        check_fields(self, skip=("reward",))
         if self.min_image_pixels < PATCH * PATCH:
             raise ValueError(
                 f"EnvConfig.min_image_pixels must be at least {PATCH * PATCH} (one 28x28 patch)"
@@ -148,10 +133,9 @@ class EnvConfig:
     def from_dict(cls, data: dict[str, Any] | None) -> EnvConfig:
         """Build from a mapping (e.g. parsed YAML); unknown keys are an error naming the known ones."""
         data = dict(data or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown EnvConfig field(s) {unknown}; known: {sorted(known)}")
+        problem = unknown_keys(cls, data)
+        if problem:
+            raise ValueError(problem)
         if "reward" in data and not isinstance(data["reward"], RewardConfig):
             data["reward"] = RewardConfig.from_dict(data["reward"])
         return cls(**data)
@@ -163,11 +147,10 @@ class EnvConfig:
 
     def replace(self, **overrides: Any) -> EnvConfig:
         """A copy with `overrides` applied (validated like the constructor)."""
+        problem = unknown_keys(EnvConfig, overrides)
+        if problem:
+            raise ValueError(problem)
         data = {f.name: getattr(self, f.name) for f in fields(self)}
-        known = set(data)
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ValueError(f"unknown EnvConfig field(s) {unknown}; known: {sorted(known)}")
         data.update(overrides)
         return EnvConfig.from_dict(data)
 

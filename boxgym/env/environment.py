@@ -32,6 +32,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from boxgym.choices import DIFFICULTY_NAMES, SCENE_FAMILY_NAMES
 from boxgym.data.task import Task
 from boxgym.env.config import EnvConfig
 from boxgym.env.history import keep_images
@@ -43,8 +44,6 @@ from boxgym.tools.frames import frame_to_pixels, pixels_to_frame
 from boxgym.tools.schema import tool_schemas
 from boxgym.tools.toolbox import TOOL_NAMES, Toolbox
 
-SCENE_FAMILY_NAMES: tuple[str, ...] = ("screens", "shapes", "clutter")
-DIFFICULTY_NAMES: tuple[str, ...] = ("easy", "medium", "hard")
 NO_CALL_MESSAGE = (
     "Error: no tool call was found in your reply. Call a tool with "
     '<tool_call>{"name": ..., "arguments": {...}}</tool_call>, or call answer to finish.'

@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from boxgym.config import PositiveInt, Weight, WholeNumber, check_fields, unknown_keys
 from boxgym.data.task import Task
 
 ALL_COMPONENTS: tuple[str, ...] = (
@@ -54,35 +55,41 @@ class RewardConfig:
         default=DEFAULT_COMPONENTS,
         metadata={"help": f"components switched on, from {ALL_COMPONENTS}"},
     )
-    count_exact: float = field(default=1.0, metadata={"help": "weight of the exact count"})
-    enumeration_f1: float = field(default=1.0, metadata={"help": "weight of the label-multiset F1"})
-    grounding_f1: float = field(default=1.0, metadata={"help": "weight of the box-matching F1"})
-    answer_correct: float = field(
+    count_exact: Weight = field(default=1.0, metadata={"help": "weight of the exact count"})
+    enumeration_f1: Weight = field(
+        default=1.0, metadata={"help": "weight of the label-multiset F1"}
+    )
+    grounding_f1: Weight = field(default=1.0, metadata={"help": "weight of the box-matching F1"})
+    answer_correct: Weight = field(
         default=1.0, metadata={"help": "weight of a right verify/point answer"}
     )
-    format: float = field(default=0.2, metadata={"help": "weight of a well-formed episode"})
-    tool_bonus: float = field(
+    format: Weight = field(default=0.2, metadata={"help": "weight of a well-formed episode"})
+    tool_bonus: Weight = field(
         default=0.1, metadata={"help": "bonus for a tool image AND a right answer"}
     )
-    call_penalty: float = field(default=0.02, metadata={"help": "per call beyond the free budget"})
-    call_penalty_cap: float = field(default=0.2, metadata={"help": "largest total call penalty"})
-    free_extra_calls: int = field(
+    call_penalty: Weight = field(default=0.02, metadata={"help": "per call beyond the free budget"})
+    call_penalty_cap: Weight = field(default=0.2, metadata={"help": "largest total call penalty"})
+    free_extra_calls: WholeNumber = field(
         default=2, metadata={"help": "calls allowed beyond one per object + answer"}
     )
-    turn_penalty: float = field(default=0.05, metadata={"help": "per turn beyond the free budget"})
-    turn_penalty_cap: float = field(default=0.2, metadata={"help": "largest total turn penalty"})
-    free_calls_per_turn: int = field(
+    turn_penalty: Weight = field(default=0.05, metadata={"help": "per turn beyond the free budget"})
+    turn_penalty_cap: Weight = field(default=0.2, metadata={"help": "largest total turn penalty"})
+    free_calls_per_turn: PositiveInt = field(
         default=1, metadata={"help": "calls per turn the free turn budget assumes"}
     )
-    free_extra_turns: int = field(default=1, metadata={"help": "turns allowed beyond the oracle's"})
-    invalid_call_penalty: float = field(
+    free_extra_turns: WholeNumber = field(
+        default=1, metadata={"help": "turns allowed beyond the oracle's"}
+    )
+    invalid_call_penalty: Weight = field(
         default=0.05, metadata={"help": "per invalid call or call-less turn"}
     )
-    invalid_call_penalty_cap: float = field(
+    invalid_call_penalty_cap: Weight = field(
         default=0.25, metadata={"help": "largest invalid-call penalty"}
     )
-    iou_threshold: float = field(default=0.5, metadata={"help": "IoU for a box to match an object"})
-    point_tolerance: float = field(
+    iou_threshold: Weight = field(
+        default=0.5, metadata={"help": "IoU for a box to match an object"}
+    )
+    point_tolerance: Weight = field(
         default=0.05,
         metadata={"help": "a point within this fraction of the image diagonal is right"},
     )
@@ -103,33 +110,18 @@ class RewardConfig:
                 f"reward component(s) {repeated} listed more than once in "
                 "RewardConfig.components; list each once and set its weight to scale it"
             )
-        for f in fields(self):
-            if f.name == "components":
-                continue
-            value = getattr(self, f.name)
-            whole = f.type in (int, "int")
-            kind = "a whole number" if whole else "a finite number"
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int if whole else (int, float))
-                or value < 0
-                or not math.isfinite(value)
-            ):
-                raise ValueError(f"RewardConfig.{f.name} must be {kind} >= 0, got {value!r}")
+        check_fields(self)
         if not 0 < self.iou_threshold <= 1:
             raise ValueError(
                 f"RewardConfig.iou_threshold must be in (0, 1], got {self.iou_threshold}"
             )
-        if self.free_calls_per_turn < 1:
-            raise ValueError("RewardConfig.free_calls_per_turn must be at least 1")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> RewardConfig:
         data = dict(data or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown RewardConfig field(s) {unknown}; known: {sorted(known)}")
+        problem = unknown_keys(cls, data)
+        if problem:
+            raise ValueError(problem)
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:

@@ -35,10 +35,11 @@ def resolve_model(model: str | os.PathLike[str] | None) -> str:
     if model is None or str(model) in ("", "tiny"):
         return str(default_model_path())
     if str(model) == "marking":
-        from boxgym.models.marking import MarkingRecipe, is_built, marking_path
+        from boxgym.models.marking import MarkingRecipe, marking_path
+        from boxgym.models.marking import is_built as marking_is_built
 
         path = marking_path()
-        if not is_built(path, MarkingRecipe().identity()):
+        if not marking_is_built(path, MarkingRecipe().identity()):
             raise FileNotFoundError(
                 f"the marking tiny model is not built yet ({path}); build it once with "
                 "`boxgym tiny-model --marking` (about 90 minutes on 2 CPU cores), or pass its "

@@ -312,41 +312,35 @@ def lr_at(recipe: SeeingRecipe, step: int) -> float:
 
 
 def recipe_with(overrides: list[str], recipe: Any = None) -> Any:
-    """`recipe` (default: the default `SeeingRecipe`) with `key=value` overrides (values parsed
-    as JSON where they parse), validated as every config is: unknown keys, then pydantic's types
-    against the recipe's dataclass, then its own checks (`check_recipe` for a `SeeingRecipe`).
-    Any frozen recipe dataclass works.
+    """`recipe` (default: the default `SeeingRecipe`) with `key=value` overrides, read and
+    validated as every config's `--set` is (`boxgym.config`: values parsed as YAML, unknown keys
+    named with the closest known one, pydantic's types against the recipe's dataclass), then its
+    own checks (`check_recipe` for a `SeeingRecipe`). Any frozen recipe dataclass works.
 
     Raises:
         ConfigError: one line naming the bad key, what it must be and the closest known key.
     """
-    import difflib
-
     from pydantic import TypeAdapter, ValidationError
 
-    from boxgym.config import ConfigError, format_validation_error
+    from boxgym.config import ConfigError, apply_overrides, format_validation_error, unknown_keys
     from boxgym.errors import describe_value
 
     recipe = SeeingRecipe() if recipe is None else recipe
     cls = type(recipe)
     known = asdict(recipe)
-    data: dict[str, Any] = {}
     for item in overrides:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
+        key, sep, _ = item.partition("=")
+        if not sep or not key.strip():
             raise ConfigError(f"--set expects KEY=VALUE (e.g. full_steps=1000), got {item[:80]!r}")
-        if key not in known:
-            close = difflib.get_close_matches(key, list(known), n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
-            raise ConfigError(f"bad recipe: unknown key {key[:80]!r}; {hint}")
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw
+        problem = unknown_keys(cls, [key.strip()[:80]])
+        if problem:
+            raise ConfigError(f"bad recipe: {problem}")
+    data = apply_overrides({}, overrides)
+    for key, value in data.items():
         if isinstance(value, bool) and not isinstance(known[key], bool):
-            raise ConfigError(f"bad recipe: {key} must be a number, got {raw[:80]!r}")
-        data[key] = _as_tuple(value) if isinstance(value, list) else value
+            raise ConfigError(f"bad recipe: {key} must be a number, got {describe_value(value)}")
+        if isinstance(value, list):
+            data[key] = _as_tuple(value)
     section = data.get("mrope_section")
     if "mrope_section" in data and not (isinstance(section, tuple) and len(section) == 3):
         raise ConfigError(

@@ -22,6 +22,7 @@ import hashlib
 import os
 from typing import Any
 
+from boxgym.choices import DTYPES
 from boxgym.policies.base import Conversation
 from boxgym.policies.decode_loop import DecodeLoop
 from boxgym.policies.decoding import UNIFORMS_PER_STEP, pick_tokens
@@ -36,8 +37,6 @@ from boxgym.policies.prompting import (
     stop_token_ids,
     vision_token_ids,
 )
-
-DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
 def pick_device(device: str = "auto") -> str:

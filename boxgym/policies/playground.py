@@ -18,6 +18,8 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from boxgym.choices import DTYPES
+
 DEFAULT_LOG = Path("runs") / "playground.jsonl"
 
 
@@ -36,7 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help='"auto", "cpu", "cuda", ...')
-    parser.add_argument("--dtype", default="auto", help='"auto", "bfloat16" or "float32".')
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=DTYPES,
+        help="weights dtype (auto: bfloat16 on a capable GPU)",
+    )
     parser.add_argument(
         "--log", type=Path, default=DEFAULT_LOG, help=f"JSONL log to append to ({DEFAULT_LOG})."
     )

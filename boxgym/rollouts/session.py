@@ -8,7 +8,6 @@ many episodes are stored and that `--resume` finishes the run.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from boxgym.errors import Interrupted, UserError, explain
+from boxgym.rollouts.options import PolicyOptions, RunSettings
 
 # Bounds on the counts a user types: far above any real run, low enough that a typo (an extra
 # zero, a number pasted into the wrong flag) is refused at once instead of taking the machine.
@@ -52,18 +52,33 @@ def _slowed(make: Any, delay_s: float) -> Any:
     return _DelayedPolicy(policy, delay_s) if delay_s > 0 else policy
 
 
-def check_model_paths(args: argparse.Namespace) -> None:
+def check_model_paths(policy: PolicyOptions) -> None:
     """Refuse a --model or --adapter path that does not exist before anything is loaded."""
-    if args.policy in ("hf", "vllm") and getattr(args, "model", None):
+    if policy.policy in ("hf", "vllm") and policy.model:
         from boxgym.models.cache import resolve_model
 
-        resolve_model(args.model)  # raises UserError for a local path that is not there
-    adapter = getattr(args, "adapter", None)
-    if adapter and not Path(adapter).expanduser().is_dir():
+        resolve_model(policy.model)  # raises UserError for a local path that is not there
+    if policy.adapter and not Path(policy.adapter).expanduser().is_dir():
         raise UserError(
-            f"no LoRA adapter at {adapter}: not a directory; give the adapter folder a training "
-            "run wrote (OUTPUT_DIR/adapter)"
+            f"no LoRA adapter at {policy.adapter}: not a directory; give the adapter folder a "
+            "training run wrote (OUTPUT_DIR/adapter)"
         )
+
+
+def policy_kwargs(settings: RunSettings) -> dict[str, Any]:
+    """The policy's constructor arguments: its options given, the run seed, and what the env
+    implies (a scripted policy plays the env's frame and calls per turn)."""
+    policy, session, env = settings.policy, settings.session, settings.env
+    out = policy.constructor_options()
+    out["seed"] = session.seed
+    if policy.scripted:
+        out["frame"] = env.coordinate_frame
+        if session.zero_shot:
+            out["call_format"] = "plain"
+        out.setdefault("calls_per_turn", env.max_calls_per_turn)  # play the env's protocol
+    if session.batch_size is not None and policy.policy in ("hf", "vllm"):
+        out["batch_size"] = session.batch_size
+    return out
 
 
 def make_env_factory(env_config: Any, zero_shot: bool = False) -> Any:
@@ -81,7 +96,7 @@ def make_env_factory(env_config: Any, zero_shot: bool = False) -> Any:
 
 
 def execute_run(
-    args: argparse.Namespace,
+    settings: RunSettings,
     tasks: list[Any],
     task_spec: dict[str, Any],
     *,
@@ -90,15 +105,9 @@ def execute_run(
     """Run (or resume) a run directory, or one shard of it, over `tasks`; write its summary and
     page (over every shard present)."""
     from boxgym.data.lazy_tasks import task_id_of
-    from boxgym.env import EnvConfig
     from boxgym.policies.registry import make_policy
-    from boxgym.rollouts.commands import (
-        DEFAULT_MAX_LIVE,
-        SCRIPTED_POLICIES,
-        env_overrides,
-        policy_kwargs,
-    )
     from boxgym.rollouts.metrics import EpisodeColumns
+    from boxgym.rollouts.options import DEFAULT_MAX_LIVE, SCRIPTED_POLICIES
     from boxgym.rollouts.run_dir import (
         check_run_folder,
         check_shard_count,
@@ -112,69 +121,54 @@ def execute_run(
     from boxgym.rollouts.store import EpisodeReader, EpisodeStore
     from boxgym.rollouts.viewer import PageIndex
 
-    shard = Shard.parse(args.shard) if getattr(args, "shard", None) else None
+    session, policy_name, env_config = settings.session, settings.policy.policy, settings.env
+    shard = Shard.parse(session.shard) if session.shard else None
     if shard is not None and shard.count > len(tasks):
         raise UserError(
             f"--shard {shard.label}: {shard.count} shards for {len(tasks)} task(s) would leave "
             f"shards with nothing to run; use at most {len(tasks)} shards (--shard i/n with "
             f"n <= {len(tasks)})"
         )
-    check_count("--group-size", args.group_size, MAX_GROUP_SIZE)
-    workers = 1 if getattr(args, "workers", None) is None else args.workers
+    check_count("--group-size", session.group_size, MAX_GROUP_SIZE)
+    workers = session.workers
     check_count("--workers", workers, MAX_WORKERS)
-    for flag in ("batch_size", "max_live"):
-        if getattr(args, flag, None) is not None:
-            check_count("--" + flag.replace("_", "-"), getattr(args, flag), MAX_LIVE)
-    if args.max_live is None:
-        args.max_live = DEFAULT_MAX_LIVE.get(args.policy, 64)
-    from boxgym.env.rewards import RewardConfig
-
-    try:
-        env_config = EnvConfig(
-            **getattr(args, "env_kwargs", {}),
-            reward=RewardConfig(**getattr(args, "reward_kwargs", {})),
-        ).replace(**env_overrides(args))
-    except TypeError as error:  # an unknown key in env_kwargs / reward_kwargs
-        raise UserError(
-            f"bad env.env_kwargs or env.reward_kwargs in the config: {error}"
-        ) from error
-    kwargs = policy_kwargs(args)
-    if args.policy in ("oracle", "noisy", "random") and "calls_per_turn" not in kwargs:
-        kwargs["calls_per_turn"] = env_config.max_calls_per_turn  # play the env's protocol
-    if args.policy == "vllm" and "limit_mm_per_prompt" not in kwargs:
+    for flag, value in (("--batch-size", session.batch_size), ("--max-live", session.max_live)):
+        if value is not None:
+            check_count(flag, value, MAX_LIVE)
+    max_live = session.max_live or DEFAULT_MAX_LIVE.get(policy_name, 64)
+    kwargs = policy_kwargs(settings)
+    if policy_name == "vllm" and "limit_mm_per_prompt" not in kwargs:
         from boxgym.data.lazy_tasks import most_images
         from boxgym.policies.vllm import episode_image_limit
 
         most = most_images(tasks)  # lazily built scenes: known, none is built to count
         kwargs["limit_mm_per_prompt"] = episode_image_limit(env_config, most)
-    out = Path(args.out)
+    out = Path(session.out)
     config = {
-        "policy": args.policy,
+        "policy": policy_name,
         "policy_kwargs": {k: v for k, v in kwargs.items() if k not in ("batch_size", "api_key")},
         "tasks": task_spec,
         "task_ids_head": [task_id_of(tasks, i) for i in range(min(4, len(tasks)))],
         "n_tasks": len(tasks),
-        "group_size": args.group_size,
-        "seed": args.seed,
+        "group_size": session.group_size,
+        "seed": session.seed,
         "env": env_config.to_dict(),
-        "batch_size": args.batch_size,
-        "max_live": args.max_live,
-        "policy_delay_s": args.policy_delay_s,
-        "workers": getattr(args, "workers", 1),  # as given: None in runs started before
+        "batch_size": session.batch_size,
+        "max_live": max_live,
+        "policy_delay_s": session.policy_delay_s,
+        "workers": workers,
     }
-    zero_shot = bool(getattr(args, "no_tools", False))
+    zero_shot = session.zero_shot
     if zero_shot:  # recorded only when on, so runs written before the option still resume
         config["zero_shot"] = True
     if shard is not None:  # likewise recorded only for sharded runs
         config["shards"] = shard.count
-    check_model_paths(args)
+    check_model_paths(settings.policy)
     # A model policy (or a scripted one told so) stays here and the workers host the envs
     # (`boxgym.rollouts.env_host`); a scripted policy otherwise runs in each worker.
-    env_workers = workers > 1 and (
-        args.policy not in SCRIPTED_POLICIES or getattr(args, "policy_in_parent", False)
-    )
+    env_workers = workers > 1 and (policy_name not in SCRIPTED_POLICIES or session.policy_in_parent)
     indices = shard.task_indices(len(tasks)) if shard else range(len(tasks))
-    expected = len(indices) * args.group_size
+    expected = len(indices) * session.group_size
     own_dir = shard.folder(out) if shard else out
     whose = f" of shard {shard.label}" if shard else ""
     check_run_folder(out)
@@ -183,21 +177,23 @@ def execute_run(
     try:
         with hold_run(out, shard) as notes:
             if shard is None:
-                prepare_run_dir(out, config, resume=args.resume, overwrite=args.overwrite)
+                prepare_run_dir(out, config, resume=session.resume, overwrite=session.overwrite)
             else:
-                prepare_shard_dir(out, config, shard, resume=args.resume, overwrite=args.overwrite)
+                prepare_shard_dir(
+                    out, config, shard, resume=session.resume, overwrite=session.overwrite
+                )
             for note in notes:
                 print(note, file=sys.stderr)
             if callable(getattr(tasks, "fixed_list", None)):  # --tasks: fixed for --resume
                 record_task_list(out, tasks.fixed_list(), scratch=own_dir)
             # With env workers the policy is built after they are forked: no model thread or GPU
             # context is copied into them.
-            policy = None if env_workers else make_policy(args.policy, **kwargs)
+            policy = None if env_workers else make_policy(policy_name, **kwargs)
             # Unsharded, the summary's columns fill as records go by: the stored ones while the
             # resume pass reads them, the new ones as they finish; the file is parsed once and no
             # record is kept. A shard's summary covers every shard, read after it ends.
             columns = None if shard else EpisodeColumns()
-            index = None if shard or args.no_page else PageIndex()
+            index = None if shard or session.no_page else PageIndex()
 
             def seen(record: dict[str, Any]) -> None:  # each stored or new record, in file order
                 columns.add(record)
@@ -218,9 +214,9 @@ def execute_run(
                         env_host = hosts.enter_context(
                             ProcessEnvHost(workers, tasks, make_env, store)
                         )
-                        policy = make_policy(args.policy, **kwargs)
-                    if args.policy_delay_s > 0:
-                        policy = _DelayedPolicy(policy, args.policy_delay_s)
+                        policy = make_policy(policy_name, **kwargs)
+                    if session.policy_delay_s > 0:
+                        policy = _DelayedPolicy(policy, session.policy_delay_s)
                     if store.repaired_bytes:
                         print(
                             f"resume: cut a torn last line ({store.repaired_bytes} bytes) left by a "
@@ -228,11 +224,11 @@ def execute_run(
                             file=sys.stderr,
                         )
                     common = {
-                        "group_size": args.group_size,
-                        "seed": args.seed,
-                        "max_live": args.max_live,
-                        "progress": not args.no_progress,
-                        "run_info": {"policy": args.policy, "run": out.resolve().name},
+                        "group_size": session.group_size,
+                        "seed": session.seed,
+                        "max_live": max_live,
+                        "progress": not session.no_progress,
+                        "run_info": {"policy": policy_name, "run": out.resolve().name},
                         "task_indices": indices,
                         "on_episode": seen if columns is not None else None,
                         "on_stored": seen if columns is not None else None,
@@ -244,8 +240,8 @@ def execute_run(
                             tasks,
                             partial(
                                 _slowed,
-                                partial(make_policy, args.policy, **kwargs),
-                                args.policy_delay_s,
+                                partial(make_policy, policy_name, **kwargs),
+                                session.policy_delay_s,
                             ),
                             make_env,
                             store,
@@ -258,7 +254,7 @@ def execute_run(
                             policy,
                             make_env,
                             store,
-                            batch_size=args.batch_size,
+                            batch_size=session.batch_size,
                             env_host=env_host,
                             **common,
                         )
@@ -282,20 +278,20 @@ def execute_run(
         ) from stop
     summary = write_run_outputs(
         out,
-        seed=args.seed,
+        seed=session.seed,
         title=title,
-        page=not args.no_page,
+        page=not session.no_page,
         columns=columns,
         index=index,
         skip_lines=skip_lines,
     )
     print(
-        f"{args.policy}: {stats.episodes} episode(s) this session, {stored}/{expected}{whose} "
+        f"{policy_name}: {stats.episodes} episode(s) this session, {stored}/{expected}{whose} "
         f"stored in {stats.wall_s:.1f}s (policy {stats.policy_s:.1f}s, outside "
         f"{stats.wall_s - stats.policy_s:.1f}s)"
     )
     print_summary(summary)
-    if not args.no_page:
+    if not session.no_page:
         print(f"page: {(out / 'index.html').resolve()}")
     print(f"episodes: {(own_dir / 'episodes.jsonl').resolve()}")
     return 0

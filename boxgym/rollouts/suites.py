@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from boxgym.choices import SCENE_FAMILY_NAMES
 from boxgym.data.splits import EVAL_SEED_BASE
 from boxgym.errors import UserError
 
@@ -55,7 +56,7 @@ class Suite:
 
 def _scene_suites() -> dict[str, Suite]:
     suites = {}
-    for f_index, family in enumerate(("screens", "shapes", "clutter")):
+    for f_index, family in enumerate(SCENE_FAMILY_NAMES):
         for l_index, level in enumerate(("easy", "hard")):
             name = f"{family}-{level}"
             suites[name] = Suite(
@@ -175,26 +176,28 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """List suites, or run one."""
-    from boxgym.rollouts.commands import apply_run_config
+    from boxgym.rollouts.options import build_run_settings
     from boxgym.rollouts.session import execute_run
 
     if args.list:
         for suite in SUITES.values():
             print(f"{suite.name:<14} {suite.description}")
         return 0
-    apply_run_config(args)
-    if args.tasks:
+    settings = build_run_settings(args)
+    source, policy_name = settings.source, settings.policy.policy
+    if source.tasks:
         from boxgym.data.loaders.user_tasks import load_tasks_argument, tasks_spec
 
-        if not args.out:
+        if not settings.session.out:
             raise UserError("give --out DIR for the run")
         from boxgym.rollouts.run_dir import check_run_folder, fixed_task_list
 
-        check_run_folder(Path(args.out))  # before the tasks are read
-        fixed = fixed_task_list(Path(args.out)) if args.resume else None
-        tasks = load_tasks_argument(args, limit=args.limit, lazy=True, fixed=fixed)
-        title = f"boxgym eval: {args.tasks} ({args.policy})"
-        return execute_run(args, tasks, tasks_spec(args, tasks), title=title)
+        out = Path(settings.session.out)
+        check_run_folder(out)  # before the tasks are read
+        fixed = fixed_task_list(out) if settings.session.resume else None
+        tasks = load_tasks_argument(source, limit=args.limit, lazy=True, fixed=fixed)
+        title = f"boxgym eval: {source.tasks} ({policy_name})"
+        return execute_run(settings, tasks, tasks_spec(source, tasks), title=title)
     if not args.suite:
         print(
             "error: give --suite NAME or --tasks PATH (see `boxgym eval --list`)", file=sys.stderr
@@ -203,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
     if args.suite not in SUITES:
         print(f"error: unknown suite {args.suite!r}; known: {', '.join(SUITES)}", file=sys.stderr)
         return 2
-    if not args.out:
+    if not settings.session.out:
         print("error: give --out DIR for the run", file=sys.stderr)
         return 2
     if args.limit is not None and args.limit < 1:
@@ -212,4 +215,4 @@ def run(args: argparse.Namespace) -> int:
     tasks, spec = suite_tasks(
         SUITES[args.suite], data_path=args.data_path, split=args.split, limit=args.limit
     )
-    return execute_run(args, tasks, spec, title=f"boxgym eval: {args.suite} ({args.policy})")
+    return execute_run(settings, tasks, spec, title=f"boxgym eval: {args.suite} ({policy_name})")

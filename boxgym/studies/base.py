@@ -132,7 +132,7 @@ def resolve_settings(
         ValueError: for an override that is not `key=value`, or an override or flag that names
             a setting the study does not have.
     """
-    from boxgym.train.config import apply_overrides
+    from boxgym.config import apply_overrides
 
     settings = copy.deepcopy(study.defaults)
     if quick:

@@ -7,6 +7,7 @@ import contextlib
 import shlex
 from pathlib import Path
 
+from boxgym.choices import DTYPES
 from boxgym.errors import UserError, explain
 from boxgym.output_dir import LOCK, MANIFEST, claim_folder, entries
 from boxgym.studies import STUDIES, load_study
@@ -37,7 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
         "--set knobs.count=[1,3]. `--list` shows each study's settings.",
     )
     parser.add_argument("--device", default="auto", help='"auto", "cpu", "cuda", ...')
-    parser.add_argument("--dtype", default="auto", help='"auto", "bfloat16", "float32".')
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=DTYPES,
+        help="weights dtype (auto: bfloat16 on a capable GPU)",
+    )
     parser.add_argument(
         "--batch-size", type=int, default=16, help="Images per forward pass or decoding batch."
     )

@@ -31,9 +31,9 @@ DEFAULT_RANKS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 
 def _sections(settings: dict[str, Any]) -> tuple[Any, Any, Any]:
     """(MixtureSection, EnvSection, LoraSection) from the settings, or from `config` when given."""
+    from boxgym.sections import EnvSection, LoraSection, MixtureSection
     from boxgym.train.config import load_config
     from boxgym.train.run_configs import SFTRunConfig
-    from boxgym.train.sections import EnvSection, LoraSection, MixtureSection
 
     if settings.get("config"):
         config = load_config(SFTRunConfig, settings["config"])

@@ -342,9 +342,9 @@ def _training(stage: dict[str, Any]) -> dict[str, Any]:
 def reward_range(env_section: Any) -> tuple[float, float]:
     """The lowest and highest reward a counting episode can get in this env: every penalty at
     its cap, and every scoring component full."""
-    from boxgym.env.rewards import PENALTIES, RewardConfig
+    from boxgym.env.rewards import PENALTIES
 
-    config = RewardConfig(**env_section.reward_kwargs)
+    config = env_section.env_config().reward
     on = set(config.components)
     low = -sum(getattr(config, f"{p}_cap") for p in PENALTIES if p in on)
     scoring = ("count_exact", "enumeration_f1", "grounding_f1", "format", "tool_bonus")

@@ -28,17 +28,11 @@ import random
 from collections import Counter
 from typing import Any
 
+from boxgym.choices import MIXTURE_SOURCES, SCRIPTED_SOURCES
+
 log = logging.getLogger(__name__)
 
-SCRIPTED_SOURCES: tuple[str, ...] = ("oracle", "noisy")
-DATASET_SOURCES: tuple[str, ...] = (
-    "nlvr2",
-    "aguvis-stage-1",
-    "aguvis-stage-2",
-    "pixmo-count",
-    "countbench",
-)
-SOURCES: tuple[str, ...] = SCRIPTED_SOURCES + DATASET_SOURCES
+SOURCES: tuple[str, ...] = MIXTURE_SOURCES
 NOISY_DEFAULTS: dict[str, Any] = {"miss_rate": 0.0, "correction_rate": 1.0, "count_error_rate": 0.0}
 # Env failure labels of episodes whose final answer is wrong or missing.
 WRONG_ENDINGS = (
@@ -67,10 +61,9 @@ def source_counts(total: int, weights: dict[str, float]) -> dict[str, int]:
 
 def make_env(env_section: Any) -> Any:
     """A `BoxGymEnv` configured by the `env` section."""
-    from boxgym.env import BoxGymEnv, EnvConfig, RewardConfig
+    from boxgym.env import BoxGymEnv
 
-    config = EnvConfig(**env_section.env_kwargs, reward=RewardConfig(**env_section.reward_kwargs))
-    return BoxGymEnv(config=config)
+    return BoxGymEnv(config=env_section.env_config())
 
 
 def scene_task(env_section: Any, seed: int) -> Any:

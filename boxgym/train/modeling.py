@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from boxgym.train.sections import LoraSection, ModelSection
+from boxgym.sections import LoraSection, ModelSection
 
 ADAPTER_DIRNAME = "adapter"
 

@@ -1,7 +1,7 @@
-"""The run configs: what each verb reads from a YAML file and `--set` overrides.
+"""The training configs: what the two `train` verbs read from a YAML file and `--set` overrides.
 
-`RunConfig` serves `rollout`, `eval` and `episodes`; `SFTRunConfig` and `GRPORunConfig` the two
-`train` verbs. Each holds the sections of `boxgym.train.sections` and a `trainer` section passed
+`SFTRunConfig` and `GRPORunConfig` (the run verbs' is `boxgym.rollouts.options.RunConfig`).
+Each holds the sections of `boxgym.sections` and a `trainer` section passed
 through to TRL's `SFTConfig` / `GRPOConfig` (checked against them by
 `boxgym.train.config.check_trainer_section`).
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 from boxgym.config import typed_section
 from boxgym.errors import describe_value
-from boxgym.train.sections import (
+from boxgym.sections import (
     DecodingSection,
     EnvSection,
     LoraSection,
@@ -26,44 +26,6 @@ from boxgym.train.sections import (
 def default_trainer() -> dict[str, Any]:
     """The `trainer` section's defaults; a config's own `trainer` keys are laid over them."""
     return {"output_dir": "runs/train", "report_to": ["tensorboard"], "logging_steps": 1}
-
-
-@typed_section
-@dataclass
-class RunConfig:
-    """What `rollout`, `eval` and `episodes` read from a run config (`--config`, `--set`).
-
-    The training sections are validated too, so one file serves every verb: a model trained
-    on `env.scene_knobs: {count: [1, 3], image_size: 224}` is evaluated on that distribution.
-    """
-
-    model: ModelSection = field(
-        default_factory=ModelSection, metadata={"help": "The model (model.path, model.dtype)."}
-    )
-    env: EnvSection = field(
-        default_factory=EnvSection,
-        metadata={"help": "Scene family, difficulty, scene knobs, env and reward options."},
-    )
-    tasks: TaskSection = field(
-        default_factory=TaskSection, metadata={"help": "tasks.path: your own tasks."}
-    )
-    decoding: DecodingSection = field(
-        default_factory=DecodingSection, metadata={"help": "Sampling of model policies."}
-    )
-    lora: LoraSection = field(default_factory=LoraSection, metadata={"help": "Training only."})
-    mixture: MixtureSection = field(
-        default_factory=MixtureSection, metadata={"help": "Training only."}
-    )
-    init_adapter: str | None = field(default=None, metadata={"help": "Training only."})
-    resume_from_checkpoint: str | bool | None = field(
-        default=None, metadata={"help": "Training only."}
-    )
-    run_dir: str | None = field(
-        default=None, metadata={"help": "The training run's folder (see train --help-config)."}
-    )
-    trainer: dict[str, Any] = field(default_factory=dict, metadata={"help": "Training only."})
-    budget_check: str = field(default="error", metadata={"help": "GRPO only."})
-    over_turn_masking: bool = field(default=False, metadata={"help": "GRPO only."})
 
 
 # Help of the fields that SFTRunConfig and GRPORunConfig share.

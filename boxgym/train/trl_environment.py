@@ -173,8 +173,8 @@ class BoxGymToolEnv:
     env_section: ClassVar[Any] = None  # the EnvSection every instance is built from
 
     def __init__(self) -> None:
+        from boxgym.sections import EnvSection
         from boxgym.train.mixture import make_env
-        from boxgym.train.sections import EnvSection
 
         self._env = make_env(self.env_section or EnvSection())
         self._started = False

@@ -360,3 +360,10 @@ def test_scenes_identical_across_processes() -> None:
         ).hexdigest()
     )
     assert len(digests) == 1
+
+
+def test_every_named_family_and_difficulty_has_a_generator_and_presets() -> None:
+    from boxgym.choices import DIFFICULTY_NAMES, SCENE_FAMILY_NAMES
+
+    assert tuple(SCENE_FAMILIES) == SCENE_FAMILY_NAMES
+    assert all(tuple(DIFFICULTIES[family]) == DIFFICULTY_NAMES for family in SCENE_FAMILY_NAMES)

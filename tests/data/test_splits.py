@@ -6,12 +6,13 @@ import re
 
 import pytest
 
+from boxgym.choices import DATASET_SOURCES
 from boxgym.data.loaders import load_dataset_tasks
 from boxgym.data.loaders.samples import write_sample_dataset
 from boxgym.data.splits import EVAL_SEED_BASE, row_role
 from boxgym.rollouts.suites import SUITES, suite_tasks
-from boxgym.train.mixture import DATASET_SOURCES, DEFAULT_SPLITS, _dataset_tasks
-from boxgym.train.sections import MixtureSection, TaskSection
+from boxgym.sections import MixtureSection, TaskSection
+from boxgym.train.mixture import DEFAULT_SPLITS, _dataset_tasks
 
 ROWS = 40  # enough rows for both sides of a hash split
 

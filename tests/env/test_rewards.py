@@ -174,7 +174,7 @@ def test_config_validation():
         RewardConfig(components=("speed",))
     with pytest.raises(ValueError, match="iou_threshold"):
         RewardConfig(iou_threshold=0)
-    with pytest.raises(ValueError, match=">= 0"):
+    with pytest.raises(ValueError, match="format should be greater than or equal to 0, got -1"):
         RewardConfig(format=-1)
     with pytest.raises(ValueError, match="unknown RewardConfig field"):
         RewardConfig.from_dict({"colour": 1})
@@ -182,8 +182,15 @@ def test_config_validation():
         RewardConfig(components=("count_exact", "count_exact", "format"))
     with pytest.raises(ValueError, match="list of component names"):
         RewardConfig.from_dict({"components": "count_exact"})
-    with pytest.raises(ValueError, match="free_extra_calls must be a whole number"):
+    with pytest.raises(ValueError, match="free_extra_calls should be a valid integer"):
         RewardConfig(free_extra_calls=2.5)
-    with pytest.raises(ValueError, match="format must be a finite number"):
+    with pytest.raises(ValueError, match="format should be a valid number"):
         RewardConfig.from_dict({"format": True})
+    with pytest.raises(ValueError, match="format should be a finite number"):
+        RewardConfig(format=float("inf"))
+    with pytest.raises(ValueError, match="did you mean 'count_exact'"):
+        RewardConfig.from_dict({"count_exactly": 1})
+    assert RewardConfig(format=1).format == 1.0 and RewardConfig(
+        components=["format"]
+    ).components == ("format",)
     assert RewardConfig.from_dict(RewardConfig().to_dict()) == RewardConfig()

@@ -56,3 +56,10 @@ def test_the_run_verbs_say_so_in_one_line_before_making_anything(tmp_path) -> No
             assert (
                 not (out / "episodes.jsonl").exists() or not (out / "episodes.jsonl").stat().st_size
             )
+
+
+@pytest.mark.parametrize("name", ["seeing", "marking"])
+def test_a_named_model_not_built_says_how_to_build_it(tmp_path, monkeypatch, name) -> None:
+    monkeypatch.setenv("BOXGYM_CACHE", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=f"boxgym tiny-model --{name}"):
+        resolve_model(name)

@@ -57,8 +57,8 @@ def by_hand_bits(lab, row) -> tuple[float, int]:
 
 @pytest.mark.slow
 def test_completion_bits_match_a_by_hand_computation_on_two_examples(lab):
+    from boxgym.sections import EnvSection, MixtureSection
     from boxgym.train.mixture import build_mixture
-    from boxgym.train.sections import EnvSection, MixtureSection
 
     rows = build_mixture(
         MixtureSection(num_examples=2, weights={"oracle": 1}), EnvSection(**SEEING_ENV)
@@ -73,7 +73,7 @@ def test_completion_bits_match_a_by_hand_computation_on_two_examples(lab):
 
 
 def test_lora_parameters_per_rank_by_hand_and_by_peft(tiny_model_path):
-    from boxgym.train.sections import LANGUAGE_MODEL_TARGETS
+    from boxgym.sections import LANGUAGE_MODEL_TARGETS
 
     model = meta_model(str(tiny_model_path))
     per_rank, names = lora_params_per_rank(model, LANGUAGE_MODEL_TARGETS)

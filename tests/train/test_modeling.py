@@ -13,8 +13,8 @@ def _trainable(model) -> tuple[set[str], set[str]]:
 
 
 def test_train_saved_modules_false_freezes_the_head_copy_only(tiny_model_path, tmp_path):
+    from boxgym.sections import LoraSection, ModelSection
     from boxgym.train.modeling import attach_adapter, load_base_model
-    from boxgym.train.sections import LoraSection, ModelSection
 
     lora = LoraSection(rank=4, alpha=8, dropout=0.0, modules_to_save=["lm_head"])
     model_section = ModelSection(path=str(tiny_model_path), dtype="float32")

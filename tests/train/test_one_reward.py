@@ -16,9 +16,9 @@ import pytest
 from boxgym.env.parsing import format_tool_call
 from boxgym.policies.registry import make_policy
 from boxgym.policies.scripted import SeededTask
+from boxgym.sections import EnvSection
 from boxgym.train import trl_environment as te
 from boxgym.train.mixture import make_env, scene_task
-from boxgym.train.sections import EnvSection
 
 SECTION = EnvSection(
     family="shapes",

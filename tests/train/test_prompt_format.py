@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from boxgym.train.sections import EnvSection, MixtureSection
+from boxgym.sections import EnvSection, MixtureSection
 
 ENV = EnvSection(
     family="shapes",
@@ -26,8 +26,8 @@ SEED = 7
 
 @pytest.fixture(scope="module")
 def processor(tiny_model_path):
+    from boxgym.sections import ModelSection
     from boxgym.train.modeling import load_processor
-    from boxgym.train.sections import ModelSection
 
     return load_processor(ModelSection(path=str(tiny_model_path)))
 
@@ -57,9 +57,9 @@ def sft_encoded(processor, episode):
 @pytest.fixture(scope="module")
 def grpo_trainer(tiny_model_path, tmp_path_factory):
     """The real BoxGymGRPOTrainer (not run), its dataset starting at scene SEED."""
+    from boxgym.sections import ModelSection, TaskSection
     from boxgym.train.grpo import build_grpo_trainer
     from boxgym.train.run_configs import GRPORunConfig
-    from boxgym.train.sections import ModelSection, TaskSection
 
     config = GRPORunConfig(
         model=ModelSection(path=str(tiny_model_path)),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from boxgym.train.config import load_config
-from boxgym.train.run_configs import GRPORunConfig, RunConfig, SFTRunConfig
+from boxgym.train.run_configs import GRPORunConfig
 
 
 @pytest.mark.parametrize(
@@ -37,10 +37,3 @@ def test_grpo_over_every_image_may_use_trls_own_tool_loop():
         ["env.env_kwargs={image_history: all}", "trainer.num_iterations=2"],
     )
     assert config.trainer["num_iterations"] == 2
-
-
-def test_the_run_verbs_config_takes_the_training_sections_too():
-    config = load_config(RunConfig, None, ["lora.rank=4", "decoding.temperature=0"])
-    assert config.lora.rank == 4 and config.decoding.temperature == 0
-    assert config.trainer == {}  # no trainer defaults: the run verbs never train
-    assert load_config(SFTRunConfig, None).trainer["output_dir"] == "runs/train"

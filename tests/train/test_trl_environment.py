@@ -7,8 +7,8 @@ import inspect
 import pytest
 from transformers.utils import get_json_schema
 
+from boxgym.sections import EnvSection, TaskSection
 from boxgym.train import trl_environment as te
-from boxgym.train.sections import EnvSection, TaskSection
 
 ENV = EnvSection(
     family="shapes",

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from boxgym.choices import DIFFICULTY_NAMES
 from boxgym.data.scenes.clutter import generate_clutter
 from boxgym.data.scenes.knobs import SceneKnobs, validate_knobs
 from boxgym.data.scenes.layout import SceneDraft
@@ -30,7 +31,7 @@ SCENE_FAMILIES: dict[str, SceneGenerator] = {
     "clutter": generate_clutter,
 }
 
-LEVELS: tuple[str, ...] = ("easy", "medium", "hard")
+LEVELS: tuple[str, ...] = DIFFICULTY_NAMES
 
 # family -> level -> complete knob dict (see boxgym.data.scenes.knobs for what each means).
 DIFFICULTIES: dict[str, dict[str, dict[str, Any]]] = {

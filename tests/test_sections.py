@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from boxgym.train.sections import (
+from boxgym.sections import (
     DecodingSection,
     EnvSection,
     LoraSection,
@@ -17,7 +17,12 @@ from boxgym.train.sections import (
     ("make", "message"),
     [
         (lambda: EnvSection(env_kwargs={"max_turn": 3}), "did you mean 'max_turns'"),
-        (lambda: EnvSection(reward_kwargs={"kittens": 1}), "not an option of RewardConfig"),
+        (lambda: EnvSection(reward_kwargs={"kittens": 1}), "unknown RewardConfig field"),
+        (lambda: EnvSection(env_kwargs={"max_turns": 0}), "env.env_kwargs: EnvConfig.max_turns"),
+        (
+            lambda: EnvSection(reward_kwargs={"format": "high"}),
+            "env.reward_kwargs: RewardConfig.format",
+        ),
         (lambda: EnvSection(difficulty="brutal"), "env.difficulty must be one of"),
         (
             lambda: ModelSection(image_min_pixels=3136, image_max_pixels=1568),

@@ -1,8 +1,9 @@
 """The typed sections of a run config: `model`, `lora`, `env`, `mixture`, `tasks`, `decoding`.
 
 Each is a dataclass with help text on every field, validated by pydantic when a config is
-loaded (`boxgym.train.config.load_config`); `__post_init__` refuses bad values with a message
-that names the key and the fix. The run configs that hold them are in `boxgym.train.run_configs`.
+loaded (`boxgym.config.load_config`); `__post_init__` refuses bad values with a message that
+names the key and the fix. Every verb reads the same sections: the run verbs' config is
+`boxgym.rollouts.options.RunConfig`, training's `boxgym.train.run_configs`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from boxgym.choices import DIFFICULTY_NAMES, DTYPES, MIXTURE_SOURCES, SCENE_FAMILY_NAMES
 from boxgym.config import typed_section
 from boxgym.errors import describe_value
 
@@ -18,11 +20,6 @@ from boxgym.errors import describe_value
 LANGUAGE_MODEL_TARGETS = (
     r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 )
-
-
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-SCENE_FAMILIES = ("screens", "shapes", "clutter")
-LEVELS = ("easy", "medium", "hard")
 
 
 @typed_section
@@ -146,10 +143,11 @@ class EnvSection:
     """The environment episodes run in (scripted SFT episodes and GRPO rollouts)."""
 
     family: str = field(
-        default="shapes", metadata={"help": f"Procedural scene family, one of {SCENE_FAMILIES}."}
+        default="shapes",
+        metadata={"help": f"Procedural scene family, one of {SCENE_FAMILY_NAMES}."},
     )
     difficulty: str = field(
-        default="easy", metadata={"help": f"Scene difficulty, one of {LEVELS}."}
+        default="easy", metadata={"help": f"Scene difficulty, one of {DIFFICULTY_NAMES}."}
     )
     scene_knobs: dict[str, Any] = field(
         default_factory=dict,
@@ -167,29 +165,39 @@ class EnvSection:
     )
 
     def __post_init__(self) -> None:
-        if self.family not in SCENE_FAMILIES:
+        if self.family not in SCENE_FAMILY_NAMES:
             raise ValueError(
-                f"env.family must be one of {SCENE_FAMILIES}, got {describe_value(self.family)}"
+                f"env.family must be one of {SCENE_FAMILY_NAMES}, got {describe_value(self.family)}"
             )
-        if self.difficulty not in LEVELS:
+        if self.difficulty not in DIFFICULTY_NAMES:
             raise ValueError(
-                f"env.difficulty must be one of {LEVELS}, got {describe_value(self.difficulty)}"
+                f"env.difficulty must be one of {DIFFICULTY_NAMES}, got {describe_value(self.difficulty)}"
             )
-        import dataclasses
-        import difflib
+        self.env_config()  # every env and reward option checked now, at load time
 
+    def env_config(self) -> Any:
+        """The `EnvConfig` (with its `RewardConfig`) that `env_kwargs` and `reward_kwargs` set.
+
+        Raises:
+            ValueError: an unknown key (with the closest known one) or a bad value, named as
+                the config's key (`env.env_kwargs.max_turns`).
+        """
+        from boxgym.config import unknown_keys
         from boxgym.env.config import EnvConfig
         from boxgym.env.rewards import RewardConfig
 
         for name, options in (("env_kwargs", EnvConfig), ("reward_kwargs", RewardConfig)):
-            known = [f.name for f in dataclasses.fields(options)]
-            for key in getattr(self, name):
-                if key not in known:
-                    close = difflib.get_close_matches(key, known, n=1)
-                    hint = f"; did you mean {close[0]!r}?" if close else f"; known: {known}"
-                    raise ValueError(
-                        f"env.{name}.{key} is not an option of {options.__name__}{hint}"
-                    )
+            problem = unknown_keys(options, getattr(self, name))
+            if problem:
+                raise ValueError(f"env.{name}: {problem}")
+        try:
+            reward = RewardConfig(**self.reward_kwargs)
+        except ValueError as error:
+            raise ValueError(f"env.reward_kwargs: {error}") from None
+        try:
+            return EnvConfig(**self.env_kwargs, reward=reward)
+        except ValueError as error:
+            raise ValueError(f"env.env_kwargs: {error}") from None
 
 
 @typed_section
@@ -240,8 +248,6 @@ class MixtureSection:
     )
 
     def __post_init__(self) -> None:
-        from boxgym.train.mixture import SOURCES
-
         if self.num_examples < 1:
             raise ValueError(f"mixture.num_examples must be >= 1, got {self.num_examples}")
         from boxgym.data.splits import check_training_seeds
@@ -249,10 +255,10 @@ class MixtureSection:
         # build_mixture tries at most 20 * count + 100 seeds per scripted source
         last = self.first_scene_seed + 20 * self.num_examples + 100
         check_training_seeds("mixture", self.first_scene_seed, last)
-        unknown = set(self.weights) - set(SOURCES)
+        unknown = set(self.weights) - set(MIXTURE_SOURCES)
         if unknown:
             raise ValueError(
-                f"mixture.weights has unknown sources {sorted(unknown)}; known: {SOURCES}"
+                f"mixture.weights has unknown sources {sorted(unknown)}; known: {MIXTURE_SOURCES}"
             )
         if any(w < 0 for w in self.weights.values()) or sum(self.weights.values()) <= 0:
             raise ValueError("mixture.weights must be >= 0 with a positive sum")
