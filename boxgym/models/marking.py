@@ -28,7 +28,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from boxgym.models.marking_skills import EVAL_SEEDS_END, SKILLS, Chat, make_chat, marking_order
+from boxgym.models.marking_skills import (
+    EVAL_SEEDS_END,
+    JITTER,
+    SKILLS,
+    Chat,
+    make_chat,
+    marking_order,
+)
 from boxgym.provenance import provenance
 
 BUILD_VERSION = "1"
@@ -49,7 +56,10 @@ ARM_SKILL: dict[str, str] = {
     "T": "step_text",
     "O": "one_reply",
 }
-ARM_FIELDS = ("arm", "arm_steps", "arm_lr", "mark_style")
+ARM_FIELDS = ("arm", "arm_steps", "arm_lr", "mark_style", "mark_jitter")
+# Fields that enter a recipe's identity only where they change what is built (away from their
+# default, in an arm that uses them), so that the keys of the recipes built before them hold.
+OPTIONAL_FIELDS: dict[str, tuple[Any, tuple[str, ...]]] = {"mark_jitter": (JITTER, ("M", "T"))}
 
 
 @dataclass(frozen=True)
@@ -91,6 +101,9 @@ class MarkingRecipe:
     arm_steps: int = 1000
     arm_lr: float = 5e-4
     mark_style: str = "fill"  # how the loop's marks look (arm M)
+    # how far the earlier boxes of a step example (arms M and T) stray: each edge by up to this
+    # share of the object's side
+    mark_jitter: float = JITTER
 
     def __post_init__(self) -> None:
         if self.arm not in ARMS:
@@ -105,13 +118,21 @@ class MarkingRecipe:
                 raise ValueError(
                     f"{name} must be a whole number >= 0 (batch_size >= 1), got {value!r}"
                 )
+        if not (isinstance(self.mark_jitter, (int, float)) and 0 <= self.mark_jitter <= 0.5):
+            raise ValueError(
+                f"mark_jitter must be a share between 0 and 0.5, got {self.mark_jitter!r}"
+            )
         for name in ("lr", "arm_lr"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
 
     def identity(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self)))
+        data = json.loads(json.dumps(asdict(self)))
+        for name, (default, arms) in OPTIONAL_FIELDS.items():
+            if data[name] == default or self.arm not in arms:
+                del data[name]
+        return data
 
     def key(self) -> str:
         blob = json.dumps(self.identity(), sort_keys=True)
@@ -179,6 +200,7 @@ def training_chats(recipe: MarkingRecipe, step: int) -> list[Chat]:
             train_seed(recipe, step, row),
             recipe.mark_style,
             top=cap if skill == "ground" else None,
+            jitter=recipe.mark_jitter,
         )
         for row, skill in enumerate(skills)
     ]
@@ -269,11 +291,13 @@ def reply_correct(chat: Chat, reply: str) -> bool:
     return box_scores(boxes, target)[1] == 1.0
 
 
-def held_out_accuracy(model, processor, skill: str, seeds: list[int], mark_style: str) -> dict:
+def held_out_accuracy(
+    model, processor, skill: str, seeds: list[int], mark_style: str, jitter: float = JITTER
+) -> dict:
     """Share of held-out examples of `skill` answered right, with its 95% CI."""
     from boxgym.models.scoring import ci
 
-    chats = [make_chat(skill, s, mark_style) for s in seeds]
+    chats = [make_chat(skill, s, mark_style, jitter=jitter) for s in seeds]
     max_new = {"one_reply": 200, "ground": 160}.get(skill, 40)
     right: list[float] = []
     model.eval()
@@ -300,7 +324,9 @@ def final_results(model, processor, recipe: MarkingRecipe, scenes: int) -> dict[
     if recipe.arm_steps:
         skills.append(ARM_SKILL[recipe.arm])
     for skill in dict.fromkeys(skills):
-        results[skill] = held_out_accuracy(model, processor, skill, seeds, recipe.mark_style)
+        results[skill] = held_out_accuracy(
+            model, processor, skill, seeds, recipe.mark_style, recipe.mark_jitter
+        )
     return results
 
 

@@ -142,10 +142,12 @@ def grounding(obj: Any, size: tuple[int, int], box: tuple[float, ...] | None = N
     return format_grounding({"x1": x1, "y1": y1, "x2": x2, "y2": y2, "label": LABEL})
 
 
-def jittered(box: tuple[float, ...], rng: np.random.Generator, size: tuple[int, int]) -> tuple:
-    """`box` with each edge moved by up to `JITTER` of its side, kept inside the image."""
+def jittered(
+    box: tuple[float, ...], rng: np.random.Generator, size: tuple[int, int], share: float = JITTER
+) -> tuple:
+    """`box` with each edge moved by up to `share` of its side, kept inside the image."""
     x1, y1, x2, y2 = box
-    dx, dy = (x2 - x1) * JITTER, (y2 - y1) * JITTER
+    dx, dy = (x2 - x1) * share, (y2 - y1) * share
     moved = np.asarray(box) + rng.uniform(-1, 1, 4) * np.asarray([dx, dy, dx, dy])
     return (
         max(0.0, float(moved[0])),
@@ -177,9 +179,12 @@ def draws(skill: str, seed: int, top: int | None = None) -> tuple[int, int]:
     return n, int(rng.integers(0, n + 1))
 
 
-def step_messages(task: Task, seed: int, k: int, config: dict[str, Any]) -> tuple[list, list]:
+def step_messages(
+    task: Task, seed: int, k: int, config: dict[str, Any], jitter: float = JITTER
+) -> tuple[list, list]:
     """The conversation after k boxes of the loop (the first k objects in reading order, each
-    box jittered as a model's would be), as the model sees it, and the tools."""
+    box's edges moved by up to `jitter` of its side, as a model's would be), as the model sees
+    it, and the tools."""
     from boxgym.env import BoxGymEnv, EnvConfig
 
     env = BoxGymEnv(config=EnvConfig.from_dict(config))
@@ -187,15 +192,21 @@ def step_messages(task: Task, seed: int, k: int, config: dict[str, Any]) -> tupl
     rng = np.random.default_rng([seed, 0x5EED])
     size = task.images[0].size
     for obj in marking_order(task.objects)[:k]:
-        env.step(grounding(obj, size, jittered(obj.box, rng, size)))
+        env.step(grounding(obj, size, jittered(obj.box, rng, size, jitter)))
     return env.messages, env.tool_schemas
 
 
 def make_chat(
-    skill: str, seed: int, mark_style: str = "fill", n: int | None = None, top: int | None = None
+    skill: str,
+    seed: int,
+    mark_style: str = "fill",
+    n: int | None = None,
+    top: int | None = None,
+    jitter: float = JITTER,
 ) -> Chat:
     """The example of `skill` drawn from `seed` (deterministic); `n` fixes the object count
-    (evaluation), else it is drawn from the seed, at most `top` when given (a curriculum)."""
+    (evaluation), else it is drawn from the seed, at most `top` when given (a curriculum);
+    `jitter`: how far a step example's earlier boxes stray (`jittered`)."""
     if skill not in SKILLS:
         raise ValueError(f"unknown skill {skill!r}; known: {SKILLS}")
     drawn_n, k = draws(skill, seed, top)
@@ -227,6 +238,6 @@ def make_chat(
         reply = "\n".join([*(grounding(o, image.size) for o in order), answer])
         return Chat(skill, seed, messages, reply, tools, task)
     k = min(k, n)
-    messages, tools = step_messages(task, seed, k, env_config(skill, mark_style))
+    messages, tools = step_messages(task, seed, k, env_config(skill, mark_style), jitter)
     reply = grounding(order[k], image.size) if k < n else answer
     return Chat(skill, seed, messages, reply, tools, task)

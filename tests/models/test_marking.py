@@ -105,6 +105,33 @@ def test_recipe_keys_and_validation():
     assert set(ARMS) == {"G", "G12", "M", "T", "O"}
 
 
+def test_mark_jitter_keys_only_the_arms_it_changes():
+    # the default recipe's key is pinned: the cached marking models keep resolving
+    assert MarkingRecipe().key() == "44acd3a18c"
+    strays = replace(SMALL, mark_jitter=0.4)
+    assert strays.key() != SMALL.key() and strays.base_key() == SMALL.base_key()
+    assert MarkingRecipe.from_identity(strays.identity()) == strays
+    for arm in ("G", "G12", "O"):  # no step rows: the same checkpoint as without it
+        assert replace(strays, arm=arm).key() == replace(SMALL, arm=arm).key()
+    assert replace(strays, arm="T").key() != replace(SMALL, arm="T").key()
+    with pytest.raises(ValueError, match="mark_jitter"):
+        MarkingRecipe(mark_jitter=0.9)
+
+
+def test_a_step_example_strays_as_far_as_its_jitter():
+    import numpy as np
+
+    from boxgym.models.marking_skills import jittered
+
+    rng = np.random.default_rng(0)
+    box = (100.0, 100.0, 160.0, 160.0)
+    moved = np.array([jittered(box, rng, (336, 336), 0.4) for _ in range(200)]) - box
+    assert np.abs(moved).max() <= 0.4 * 60 + 1e-9 and np.abs(moved).max() > 0.3 * 60
+    near = make_chat("step_marked", EVAL_SEEDS_END + 3)
+    far = make_chat("step_marked", EVAL_SEEDS_END + 3, jitter=0.4)
+    assert near.reply == far.reply  # the same scene and step; only the earlier marks stray
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("marking") / "marking-qwen2-vl-small"
