@@ -181,7 +181,7 @@ def episode_steps(episode: dict[str, Any], task: Any) -> dict[str, Any]:
     size = task.images[0].size
     truth = np.asarray([o.box for o in task.objects], dtype=float)
     boxed: set[int] = set()
-    outcomes, ks, late = [], [], False
+    outcomes, ks, ious, late = [], [], [], False
     for turn in episode.get("turns", []):
         for call in turn.get("calls", []):
             if call.get("name") != "draw_box" or not call.get("ok"):
@@ -192,6 +192,7 @@ def episode_steps(episode: dict[str, Any], task: Any) -> dict[str, Any]:
             ks.append(len(boxed))
             late = late or len(boxed) == len(truth)
             best = int(iou.argmax())
+            ious.append(round(float(iou[best]), 4))
             if iou[best] < 0.5:
                 outcomes.append("miss")
             elif best in boxed:
@@ -206,7 +207,13 @@ def episode_steps(episode: dict[str, Any], task: Any) -> dict[str, Any]:
         stop = "early"
     else:
         stop = "right"
-    return {"outcomes": outcomes, "k": ks, "never_boxed": len(truth) - len(boxed), "stop": stop}
+    return {
+        "outcomes": outcomes,
+        "k": ks,
+        "iou": ious,
+        "never_boxed": len(truth) - len(boxed),
+        "stop": stop,
+    }
 
 
 def ci_of(values: list[float]) -> dict[str, Any]:
@@ -269,11 +276,17 @@ def step_table(records: list[dict[str, Any]]) -> dict[str, Any]:
             for name in ("new", "repeat", "miss")
         }
         stops = [r["steps"]["stop"] for r in mine]
+        ious = sorted(i for r in mine for i in r["steps"].get("iou", []))
         out[arm] = {
             "next_box_hits_unmarked_by_k": by_k,
             "boxes": len(outcomes),
             "share_of_boxes": share,
             "never_boxed_per_episode": ci_of([float(r["steps"]["never_boxed"]) for r in mine]),
+            # how close the boxes come: each box's IoU with the shape it overlaps most
+            "box_iou_with_nearest": {
+                **ci_of(ious or [0.0]),
+                "median": ious[len(ious) // 2] if ious else 0.0,
+            },
             "stops": {s: stops.count(s) / len(stops) for s in ("right", "early", "late")},
             "answer_equals_boxes_drawn": ci_of(
                 [float(r["answer"] == r["boxes"]) for r in mine if r["answer"] is not None] or [0.0]
@@ -303,7 +316,8 @@ def notes(table: dict[str, Any], paired: dict[str, Any], steps: dict[str, Any]) 
             f"**{arm}, step by step.** The next box lands on an unmarked object: {by_k}. Of "
             f"{s['boxes']} boxes {share['new']:.2f} new, {share['repeat']:.2f} on an object "
             f"already boxed, {share['miss']:.2f} on no object; objects never boxed per episode "
-            f"{s['never_boxed_per_episode']['mean']:.2f}; episodes stopped right "
+            f"{s['never_boxed_per_episode']['mean']:.2f}; a box's IoU with the shape it overlaps "
+            f"most: median {s['box_iou_with_nearest']['median']:.2f}; episodes stopped right "
             f"{s['stops']['right']:.2f}, early {s['stops']['early']:.2f}, late "
             f"{s['stops']['late']:.2f}.",
         ]
