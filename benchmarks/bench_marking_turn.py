@@ -18,7 +18,7 @@ the median of `--repeats` runs of each turn is reported. Compared side by side i
 - `last`, every prompt encoded in full (`reuse_prompts=False`);
 - `all`, kept prompts (every marked image stays in the conversation).
 
-    OMP_NUM_THREADS=2 python benchmarks/bench_marking_turn.py [--model tiny] [--batch 8]
+    OMP_NUM_THREADS=2 python benchmarks/bench_marking_turn.py [--model marking] [--batch 8]
         [--tokens 24] [--repeats 3] [--json OUT]
 """
 
@@ -34,8 +34,10 @@ import time
 import torch
 
 from boxgym.env.history import keep_images
+from boxgym.models.cache import resolve_model
 from boxgym.models.marking_skills import LOOP_ENV, count_task, step_messages
 from boxgym.policies.hf import HFPolicy
+from boxgym.provenance import checkpoint_key, provenance
 
 TARGET = 1.3
 KS = tuple(range(13))
@@ -77,7 +79,7 @@ def play(model: str, batch: int, tokens: int, by_k: dict, tools: list, reuse: bo
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--model", default="marking", help="tiny, marking or a checkpoint folder")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=24)
     parser.add_argument("--repeats", type=int, default=3)
@@ -107,7 +109,8 @@ def main() -> int:
     print(f"target: k=12 within {TARGET}x of k=0 with image_history last and kept prompts: "
           f"{'met' if report['met'] else 'NOT met'} ({ratio:.2f}x)")  # fmt: skip
     if args.json:
-        report["command"] = " ".join(["python", *sys.argv])
+        report.update(provenance(" ".join(["python", *sys.argv])))
+        report["checkpoint"] = checkpoint_key(resolve_model(args.model))
         with open(args.json, "w") as handle:
             json.dump(report, handle, indent=1)
     return 0
