@@ -97,9 +97,14 @@ def direct_grpo(config: Any, question: str) -> Path:
 
     from boxgym.train.grpo import grpo_args
     from boxgym.train.mixture import scene_task
-    from boxgym.train.modeling import attach_adapter, load_base_model, load_processor, save_adapter
+    from boxgym.train.modeling import (
+        attach_adapter,
+        load_base_model,
+        load_training_processor,
+        save_adapter,
+    )
 
-    processor = load_processor(config.model)
+    processor = load_training_processor(config.model)
     config.trainer.update(max_completion_length=8, max_tool_calling_iterations=None)
     rows = []
     for index in range(config.tasks.num_tasks):

@@ -293,14 +293,14 @@ def build_grpo_trainer(config: GRPORunConfig) -> Any:
     from datasets import Dataset
 
     from boxgym.train.mixture import make_env
-    from boxgym.train.modeling import attach_adapter, load_base_model, load_processor
+    from boxgym.train.modeling import attach_adapter, load_base_model, load_training_processor
     from boxgym.train.trl_environment import environment_class, grpo_prompt_rows
 
     def env_config(section: Any) -> Any:
         return make_env(section).config
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    processor = load_processor(config.model)
+    processor = load_training_processor(config.model)
     args = grpo_args(config, processor)
     check_vllm_mode(args)
     if config.budget_check != "off":

@@ -17,7 +17,7 @@ from boxgym.sections import LoraSection, ModelSection
 ADAPTER_DIRNAME = "adapter"
 
 
-def load_processor(section: ModelSection) -> Any:
+def load_training_processor(section: ModelSection) -> Any:
     """A fresh processor (training mutates it) with boxgym's chat template and pixel caps."""
     from transformers import AutoProcessor
 

@@ -100,7 +100,12 @@ def run_sft(config: SFTRunConfig, rows: list[dict[str, Any]] | None = None) -> P
     """
     from boxgym.train.collator import ConversationCollator
     from boxgym.train.mixture import build_mixture, mixture_counts, to_sft_dataset
-    from boxgym.train.modeling import attach_adapter, load_base_model, load_processor, save_adapter
+    from boxgym.train.modeling import (
+        attach_adapter,
+        load_base_model,
+        load_training_processor,
+        save_adapter,
+    )
 
     args = sft_args(config)
     output_dir = Path(args.output_dir)
@@ -114,7 +119,7 @@ def run_sft(config: SFTRunConfig, rows: list[dict[str, Any]] | None = None) -> P
         json.dumps({"rows": len(rows), "sources": counts}, indent=2)
     )
 
-    processor = load_processor(config.model)
+    processor = load_training_processor(config.model)
     model = attach_adapter(
         load_base_model(config.model, config.lora), config.lora, config.init_adapter
     )

@@ -10,7 +10,7 @@ import pytest
 
 from boxgym.train.budget import check_episode_budget
 from boxgym.train.config import load_config
-from boxgym.train.modeling import load_processor
+from boxgym.train.modeling import load_training_processor
 from boxgym.train.run_configs import GRPORunConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,7 +22,7 @@ def config_and_processor():
     # the tiny checkpoint: Qwen2-VL's tokenizer token for token and its image-token math, here
     # with the 2B config's pixel bounds
     model = replace(config.model, path=None)
-    return replace(config, model=model), load_processor(model)
+    return replace(config, model=model), load_training_processor(model)
 
 
 @pytest.mark.slow

@@ -27,9 +27,9 @@ SEED = 7
 @pytest.fixture(scope="module")
 def processor(tiny_model_path):
     from boxgym.sections import ModelSection
-    from boxgym.train.modeling import load_processor
+    from boxgym.train.modeling import load_training_processor
 
-    return load_processor(ModelSection(path=str(tiny_model_path)))
+    return load_training_processor(ModelSection(path=str(tiny_model_path)))
 
 
 @pytest.fixture(scope="module")
