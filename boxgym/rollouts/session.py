@@ -95,6 +95,54 @@ def make_env_factory(env_config: Any, zero_shot: bool = False) -> Any:
     return make
 
 
+def check_session_sizes(session: Any, n_tasks: int, shard: Any) -> None:
+    """Refuse a shard count above the task count and sizes past their bounds, in one line."""
+    if shard is not None and shard.count > n_tasks:
+        raise UserError(
+            f"--shard {shard.label}: {shard.count} shards for {n_tasks} task(s) would leave "
+            f"shards with nothing to run; use at most {n_tasks} shards (--shard i/n with "
+            f"n <= {n_tasks})"
+        )
+    check_count("--group-size", session.group_size, MAX_GROUP_SIZE)
+    check_count("--workers", session.workers, MAX_WORKERS)
+    for flag, value in (("--batch-size", session.batch_size), ("--max-live", session.max_live)):
+        if value is not None:
+            check_count(flag, value, MAX_LIVE)
+
+
+def run_config(
+    settings: RunSettings,
+    tasks: Any,
+    task_spec: dict[str, Any],
+    kwargs: dict[str, Any],
+    max_live: int,
+    shard: Any,
+) -> dict[str, Any]:
+    """What `run.json` records of a run, the identity `--resume` checks."""
+    from boxgym.data.lazy_tasks import task_id_of
+
+    session = settings.session
+    config = {
+        "policy": settings.policy.policy,
+        "policy_kwargs": {k: v for k, v in kwargs.items() if k not in ("batch_size", "api_key")},
+        "tasks": task_spec,
+        "task_ids_head": [task_id_of(tasks, i) for i in range(min(4, len(tasks)))],
+        "n_tasks": len(tasks),
+        "group_size": session.group_size,
+        "seed": session.seed,
+        "env": settings.env.to_dict(),
+        "batch_size": session.batch_size,
+        "max_live": max_live,
+        "policy_delay_s": session.policy_delay_s,
+        "workers": session.workers,
+    }
+    if session.zero_shot:  # recorded only when on, so runs written before the option still resume
+        config["zero_shot"] = True
+    if shard is not None:  # likewise recorded only for sharded runs
+        config["shards"] = shard.count
+    return config
+
+
 def execute_run(
     settings: RunSettings,
     tasks: list[Any],
@@ -104,7 +152,6 @@ def execute_run(
 ) -> int:
     """Run (or resume) a run directory, or one shard of it, over `tasks`; write its summary and
     page (over every shard present)."""
-    from boxgym.data.lazy_tasks import task_id_of
     from boxgym.policies.registry import make_policy
     from boxgym.rollouts.metrics import EpisodeColumns
     from boxgym.rollouts.options import DEFAULT_MAX_LIVE, SCRIPTED_POLICIES
@@ -123,18 +170,8 @@ def execute_run(
 
     session, policy_name, env_config = settings.session, settings.policy.policy, settings.env
     shard = Shard.parse(session.shard) if session.shard else None
-    if shard is not None and shard.count > len(tasks):
-        raise UserError(
-            f"--shard {shard.label}: {shard.count} shards for {len(tasks)} task(s) would leave "
-            f"shards with nothing to run; use at most {len(tasks)} shards (--shard i/n with "
-            f"n <= {len(tasks)})"
-        )
-    check_count("--group-size", session.group_size, MAX_GROUP_SIZE)
+    check_session_sizes(session, len(tasks), shard)
     workers = session.workers
-    check_count("--workers", workers, MAX_WORKERS)
-    for flag, value in (("--batch-size", session.batch_size), ("--max-live", session.max_live)):
-        if value is not None:
-            check_count(flag, value, MAX_LIVE)
     max_live = session.max_live or DEFAULT_MAX_LIVE.get(policy_name, 64)
     kwargs = policy_kwargs(settings)
     if policy_name == "vllm" and "limit_mm_per_prompt" not in kwargs:
@@ -144,25 +181,8 @@ def execute_run(
         most = most_images(tasks)  # lazily built scenes: known, none is built to count
         kwargs["limit_mm_per_prompt"] = episode_image_limit(env_config, most)
     out = Path(session.out)
-    config = {
-        "policy": policy_name,
-        "policy_kwargs": {k: v for k, v in kwargs.items() if k not in ("batch_size", "api_key")},
-        "tasks": task_spec,
-        "task_ids_head": [task_id_of(tasks, i) for i in range(min(4, len(tasks)))],
-        "n_tasks": len(tasks),
-        "group_size": session.group_size,
-        "seed": session.seed,
-        "env": env_config.to_dict(),
-        "batch_size": session.batch_size,
-        "max_live": max_live,
-        "policy_delay_s": session.policy_delay_s,
-        "workers": workers,
-    }
+    config = run_config(settings, tasks, task_spec, kwargs, max_live, shard)
     zero_shot = session.zero_shot
-    if zero_shot:  # recorded only when on, so runs written before the option still resume
-        config["zero_shot"] = True
-    if shard is not None:  # likewise recorded only for sharded runs
-        config["shards"] = shard.count
     check_model_paths(settings.policy)
     # A model policy (or a scripted one told so) stays here and the workers host the envs
     # (`boxgym.rollouts.env_host`); a scripted policy otherwise runs in each worker.
